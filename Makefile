@@ -1,0 +1,50 @@
+# pfl: one-line commands. `make run` and `make test` set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+MLFLOW_DB := outputs/mlflow.db
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint bench ui clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Torch first: the pinned CPU wheel satisfies pyproject's range, so no CUDA packages come in.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e ".[dev,sweep]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install pfl with dev and sweep extras (idempotent)
+
+run: $(STAMP) ## run the default study (three strategies) and print the comparison report
+	$(BIN)/pfl -m experiment=quick $(ARGS)
+	$(BIN)/pfl-report --experiment quick
+	@echo "Dashboard: make ui   (mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB))"
+
+test: $(STAMP) ## run the test suite (integration tests need PFL_DATA_DIR)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff check
+	$(BIN)/ruff check pfl tests
+
+bench: $(STAMP) ## run benchmarks, write BENCHMARKS.md
+	$(BIN)/python -m pfl.bench $(ARGS)
+
+ui: $(STAMP) ## open the MLflow dashboard on the default store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_DB))
+
+clean: ## remove .venv, caches and run outputs
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
