@@ -1,0 +1,88 @@
+"""Config checks before any data is loaded or any model trained, and the run's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pfl import validation as v
+from pfl.errors import ConfigError
+
+#: top-level short forms copied into strategy.<key> (`pfl strategy=perfedavg alpha=0.005`)
+SHORTCUTS = ("alpha", "beta", "delta", "variant", "adapt_steps", "epochs", "lr_scale")
+
+#: keys that do not change results: left out of the config hash that names checkpoints
+VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.root", "data.cache_dir",
+            "data.download", "federation.backend", "federation.ray_address", "trainer.threads",
+            "trainer.progress", *SHORTCUTS)
+
+
+def apply_shortcuts(cfg: DictConfig) -> None:
+    with open_dict(cfg):
+        for key in SHORTCUTS:
+            value = cfg.get(key)
+            if value is None:
+                continue
+            if key not in cfg.strategy:
+                have = [k for k in cfg.strategy if k not in ("name", "_target_")]
+                raise ConfigError(key, value, f"a hyperparameter of strategy {cfg.strategy.get('name')!r}: "
+                                  + (", ".join(have) if have else "it has none"))
+            cfg.strategy[key] = value
+            cfg[key] = None
+
+
+def validate(cfg: DictConfig) -> None:
+    v.choice("mode", cfg.mode, ("federated", "centralized"))
+    v.integer("seed", cfg.seed, minimum=0)
+    if not isinstance(cfg.resume, bool | str):
+        raise ConfigError("resume", cfg.resume, "true, false or a checkpoint path")
+    f = cfg.federation
+    v.integer("federation.rounds", f.rounds, minimum=1)
+    v.integer("federation.local_epochs", f.local_epochs, minimum=1)
+    v.integer("federation.batch_size", f.batch_size, minimum=1)
+    v.integer("federation.eval_batch_size", f.eval_batch_size, minimum=1)
+    v.integer("federation.eval_every", f.eval_every, minimum=1)
+    if f.clients_per_round is not None:
+        v.integer("federation.clients_per_round", f.clients_per_round, minimum=1)
+    v.fraction("federation.dropout", f.dropout)
+    v.choice("federation.on_divergence", f.on_divergence, ("fail", "drop"))
+    v.choice("federation.backend", f.backend, ("serial", "ray"))
+    v.positive("federation.optimizer.lr", f.optimizer.get("lr"))
+    if cfg.trainer.get("threads") is not None:
+        v.integer("trainer.threads", cfg.trainer.threads, minimum=1)
+
+
+def prepare(cfg: DictConfig) -> DictConfig:
+    apply_shortcuts(cfg)
+    validate(cfg)
+    return cfg
+
+
+def _drop(container: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        container = container.get(p) or {}
+    if isinstance(container, dict):
+        container.pop(last, None)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-256 of the resolved config less the keys that do not change results."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in VOLATILE:
+        _drop(container, key)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, object] = {}
+    for k, val in container.items():
+        key = f"{prefix}{k}"
+        if isinstance(val, dict) and val:
+            out.update(flatten(val, key + "."))
+        else:
+            out[key] = val
+    return out

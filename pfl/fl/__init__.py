@@ -1,0 +1,1 @@
+"""Federated core: batches, the Lightning client trainer, aggregation, the server loop."""

@@ -1,0 +1,160 @@
+"""The federated loop. It knows the strategy hooks, never a strategy by name."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pfl.data.types import Client
+from pfl.errors import ConfigError, PflError
+from pfl.fl.batches import derive_seed
+from pfl.fl.callbacks import Callback, RoundInfo
+from pfl.fl.evaluate import Evaluation, all_finite, evaluate
+from pfl.strategies.base import Strategy, Update, snapshot
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(PflError):
+    pass
+
+
+@dataclass
+class ServerState:
+    """Everything a checkpoint must hold to continue a run exactly."""
+
+    rnd: int
+    global_weights: dict[str, torch.Tensor]
+    client_states: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Result:
+    evaluation: Evaluation
+    metrics: dict[str, float]
+    global_weights: dict[str, torch.Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Server:
+    def __init__(
+        self,
+        strategy: Strategy,
+        model_factory: Callable[[], nn.Module],
+        train_clients: Sequence[Client],
+        eval_clients: Sequence[Client],
+        classes: list[str],
+        *,
+        rounds: int,
+        seed: int,
+        clients_per_round: int | None = None,
+        eval_every: int = 1,
+        dropout: float = 0.0,
+        on_divergence: str = "fail",
+        eval_batch_size: int = 4096,
+        callbacks: Sequence[Callback] = (),
+    ):
+        self.strategy, self.model_factory = strategy, model_factory
+        self.train_clients, self.eval_clients, self.classes = list(train_clients), list(eval_clients), classes
+        self.rounds, self.seed, self.eval_every = rounds, seed, eval_every
+        self.dropout, self.on_divergence, self.eval_batch_size = dropout, on_divergence, eval_batch_size
+        n = len(self.train_clients)
+        if clients_per_round is not None and not (1 <= clients_per_round <= n):
+            raise ConfigError("federation.clients_per_round", clients_per_round,
+                              f"an integer in [1, {n}] (the number of training clients) or null for all")
+        self.clients_per_round = clients_per_round or n
+        self.callbacks = list(callbacks)
+        for c in self.train_clients:
+            strategy.check_client(c)
+
+    def _emit(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    def initial_state(self) -> ServerState:
+        torch.manual_seed(derive_seed(self.seed, "init"))
+        model = self.model_factory()
+        states = {c.cid: self.strategy.init_client_state(c) for c in {**{c.cid: c for c in self.train_clients},
+                                                                       **{c.cid: c for c in self.eval_clients}}.values()}
+        return ServerState(0, snapshot(model), states)
+
+    def sample(self, rnd: int) -> tuple[list[Client], list[str]]:
+        """Clients of this round and those that drop out, both seeded by (seed, round)."""
+        rng = np.random.default_rng(derive_seed(self.seed, rnd, "sample"))
+        n, k = len(self.train_clients), self.clients_per_round
+        idx = sorted(rng.choice(n, size=k, replace=False)) if k < n else list(range(n))
+        chosen = [self.train_clients[i] for i in idx]
+        n_drop = int(round(self.dropout * len(chosen)))
+        dropped = set(rng.choice(len(chosen), size=n_drop, replace=False).tolist()) if n_drop else set()
+        if len(dropped) == len(chosen):
+            raise PflError(f"round {rnd}: all {len(chosen)} sampled clients dropped out "
+                           f"(federation.dropout={self.dropout}); nothing to aggregate")
+        return [c for i, c in enumerate(chosen) if i not in dropped], [chosen[i].cid for i in sorted(dropped)]
+
+    def run(self, state: ServerState | None = None) -> Result:
+        state = state or self.initial_state()
+        global_model = self.model_factory()
+        global_model.load_state_dict(state.global_weights)
+        work = self.model_factory()
+        history: list[dict[str, float]] = []
+        evaluation: Evaluation | None = None
+        self._emit("on_run_start", self)
+        for rnd in range(state.rnd + 1, self.rounds + 1):
+            t0 = time.perf_counter()
+            clients, dropped = self.sample(rnd)
+            if dropped:
+                log.info("round %d: clients dropped out: %s", rnd, ", ".join(dropped))
+            self._emit("on_round_start", rnd, [c.cid for c in clients])
+            before = state.global_weights
+            updates: list[Update] = []
+            diverged: list[str] = []
+            for c in clients:
+                work.load_state_dict(before)
+                upd = self.strategy.local_update(work, c, state.client_states[c.cid], rnd)
+                if not (np.isfinite(upd.metrics.get("train_loss", 0.0)) and all_finite(upd.weights)):
+                    if self.on_divergence != "drop":
+                        raise DivergenceError(
+                            f"round {rnd}: client {c.cid!r} diverged (non-finite loss or weights); lower the "
+                            f"learning rate, or set federation.on_divergence=drop to leave such updates out")
+                    log.warning("round %d: client %s diverged; its update is dropped", rnd, c.cid)
+                    diverged.append(c.cid)
+                else:
+                    updates.append(upd)
+                    state.client_states[c.cid] = upd.state
+                self._emit("on_client_end", rnd, c.cid)
+            if not updates:
+                raise DivergenceError(f"round {rnd}: every client update diverged; nothing to aggregate")
+            after = self.strategy.aggregate(before, updates)
+            global_model.load_state_dict(after)
+            state = ServerState(rnd, after, state.client_states)
+            info = RoundInfo(rnd, self.rounds, before, after, updates, dropped, diverged,
+                             client_states=state.client_states)
+            info.metrics["train_loss"] = float(np.average(
+                [u.metrics.get("train_loss", np.nan) for u in updates], weights=[u.num_samples for u in updates]))
+            if rnd % self.eval_every == 0 or rnd == self.rounds:
+                evaluation = self.evaluate(global_model, work, state, rnd)
+                info.metrics.update(evaluation.metrics())
+            info.seconds = time.perf_counter() - t0
+            info.metrics["round_seconds"] = info.seconds
+            history.append({"round": rnd, **info.metrics})
+            self._emit("on_round_end", info)
+        if evaluation is None:  # resumed after the last round: evaluate the final model again
+            evaluation = self.evaluate(global_model, work, state, self.rounds)
+        result = Result(evaluation, evaluation.metrics(), state.global_weights, history)
+        self._emit("on_run_end", result)
+        return result
+
+    def evaluate(self, global_model: nn.Module, scratch: nn.Module, state: ServerState, rnd: int) -> Evaluation:
+        personalize = None
+        if self.strategy.personalizes:
+            def personalize(model: nn.Module, client: Client) -> nn.Module:
+                return self.strategy.personalize(model, client, state.client_states[client.cid], rnd)
+        return evaluate(global_model, scratch, self.eval_clients, self.classes, personalize,
+                        self.eval_batch_size, on_client=lambda cid: self._emit("on_client_end", rnd, cid))

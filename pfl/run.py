@@ -1,0 +1,149 @@
+"""One training run from a composed config: data, partition, strategy, server, tracking."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from pfl import config as cfgmod
+from pfl import tables
+from pfl.data.types import Client, Federation, Split
+from pfl.fl.checkpoint import Checkpointer, load_checkpoint
+from pfl.fl.server import Result, Server
+from pfl.fl.trainer import ClientTrainer
+from pfl.strategies import Context, build_strategy
+
+log = logging.getLogger(__name__)
+
+
+def pooled_client(clients: list[Client]) -> Client:
+    """Centralized baseline: all federated clients' training (and val) data in one client."""
+    def cat(split: str) -> Split:
+        return Split(torch.cat([c.split(split).x for c in clients]), torch.cat([c.split(split).y for c in clients]))
+    return Client("pooled", cat("train"), cat("val"), cat("test"), [r for c in clients for r in c.records])
+
+
+def load_federation(cfg: DictConfig) -> Federation:
+    from pfl.data.mitdb import load_beats
+    from pfl.data.partitions import build_federation
+
+    return build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    name = f"{cfg.mode}-{cfg.strategy.name}" if cfg.mode == "centralized" else str(cfg.strategy.name)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.split("=")[0].lstrip("+~").startswith(("seed", "strategy", "experiment", "hparams_search",
+                                                                     "resume", "logger", "mode"))]
+        if overrides:
+            name += "-" + ",".join(o.split(".")[-1] for o in overrides)
+    except ValueError:  # not under a Hydra app (tests, API use)
+        pass
+    return f"{name}-s{cfg.seed}"
+
+
+def run_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
+    from pfl.tracking import git_commit
+
+    tags = {"strategy": str(cfg.strategy.name), "partition": str(cfg.partition.get("name", "")),
+            "model": str(cfg.model._target_).rsplit(".", 1)[-1], "seed": str(cfg.seed), "mode": str(cfg.mode),
+            "study": str(cfg.study), "git_commit": git_commit(), "config_hash": config_hash}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode.name == "MULTIRUN":
+            tags["multirun_id"] = Path(hc.sweep.dir).name
+            tags["multirun_job"] = str(hc.job.num)
+    except ValueError:
+        pass
+    return tags
+
+
+def train(cfg: DictConfig, console=None) -> Result:
+    """Validate, load, train, evaluate, track. Raises PflError for anything the user can fix."""
+    cfgmod.prepare(cfg)
+    strategy = build_strategy(cfg.strategy)  # bad hyperparameters fail before data loads
+    torch.set_num_threads(cfg.trainer.get("threads") or os.cpu_count() or 1)
+    fed = load_federation(cfg)
+    train_clients = fed.training_clients if cfg.mode == "federated" else [pooled_client(fed.training_clients)]
+
+    fcfg = cfg.federation
+    optimizer = hydra.utils.instantiate(fcfg.optimizer)
+    ctx = Context(trainer=ClientTrainer(**cfg.trainer), optimizer=optimizer, lr=float(fcfg.optimizer.lr),
+                  batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
+                  eval_batch_size=fcfg.eval_batch_size)
+    strategy.bind(ctx)
+
+    def model_factory():
+        return hydra.utils.instantiate(cfg.model)
+
+    chash = cfgmod.config_hash(cfg)
+    digest = fed.digest()
+    ckpt = Checkpointer(Path(cfg.paths.checkpoint_dir) / chash, chash, digest)
+    state = None
+    if cfg.resume:
+        path = ckpt.last if cfg.resume is True else Path(str(cfg.resume))
+        if cfg.resume is True and not path.exists():
+            log.info("resume=true: no checkpoint for this config yet (%s); starting fresh", path)
+        else:
+            state, meta = load_checkpoint(path, chash, digest)
+            ckpt.meta.update(meta)
+            log.info("resuming after round %d from %s", state.rnd, path)
+
+    callbacks = []
+    tracker = None
+    if cfg.logger.get("enabled", False):
+        from pfl.data.stats import federation_stats
+        from pfl.tracking import MlflowTracker
+
+        tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash))
+        tracker.fed_stats = _jsonable(federation_stats(fed))
+    server = Server(strategy, model_factory, train_clients, fed.clients, fed.classes, rounds=fcfg.rounds,
+                    seed=cfg.seed, clients_per_round=fcfg.clients_per_round, eval_every=fcfg.eval_every,
+                    dropout=fcfg.dropout, on_divergence=fcfg.on_divergence, eval_batch_size=fcfg.eval_batch_size)
+    if tracker is not None:
+        ckpt.meta["mlflow_run_id"] = tracker.start(ckpt.meta.get("mlflow_run_id"))
+        callbacks.append(tracker)
+    callbacks.append(ckpt)
+    if cfg.trainer.get("progress", True):
+        from pfl.fl.progress import RichProgress
+
+        callbacks.insert(0, RichProgress(fcfg.rounds, len(fed.clients), console))
+    server.callbacks = callbacks
+    try:
+        result = server.run(state)
+    except BaseException as exc:
+        for cb in callbacks:
+            cb.on_exception(exc)
+        raise
+    title = (f"{cfg.mode} {cfg.strategy.name} on {cfg.partition.get('name', '')}, seed {cfg.seed}, "
+             f"round {fcfg.rounds}: test, global vs personalized")
+    tables.render(result.evaluation.table("test"), title, console)
+    return result
+
+
+def _jsonable(obj):
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
