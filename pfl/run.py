@@ -107,13 +107,25 @@ def train(cfg: DictConfig, console=None) -> Result:
 
         tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash))
         tracker.fed_stats = _jsonable(federation_stats(fed))
+    backend = None
+    if fcfg.backend == "ray":
+        from pfl.fl.ray_backend import RayBackend
+
+        backend = RayBackend(address=fcfg.get("ray_address"), threads=cfg.trainer.get("threads"))
     server = Server(strategy, model_factory, train_clients, fed.clients, fed.classes, rounds=fcfg.rounds,
                     seed=cfg.seed, clients_per_round=fcfg.clients_per_round, eval_every=fcfg.eval_every,
-                    dropout=fcfg.dropout, on_divergence=fcfg.on_divergence, eval_batch_size=fcfg.eval_batch_size)
+                    dropout=fcfg.dropout, on_divergence=fcfg.on_divergence, eval_batch_size=fcfg.eval_batch_size,
+                    backend=backend)
+    from pfl.ledger import Ledger
+
+    # The ledger sits beside the checkpoints so a resumed run extends the same chain.
+    ledger = Ledger(ckpt.directory / "ledger.jsonl", chash, digest, resume_round=state.rnd if state else 0)
     if tracker is not None:
         ckpt.meta["mlflow_run_id"] = tracker.start(ckpt.meta.get("mlflow_run_id"))
+        tracker.extra_artifacts.append(ledger.path)
         callbacks.append(tracker)
-    callbacks.append(ckpt)
+    # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks.
+    callbacks += [ledger, ckpt]
     if cfg.trainer.get("progress", True):
         from pfl.fl.progress import RichProgress
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
 import time
@@ -60,6 +61,7 @@ class MlflowTracker(Callback):
         self.run_id: str | None = None
         self.classes: list[str] = []
         self.fed_stats: dict[str, Any] | None = None
+        self.extra_artifacts: list[Path] = []  # logged at the end, e.g. the provenance ledger
 
     def _experiment_id(self) -> str:
         name = str(self.cfg.logger.experiment_name)
@@ -133,6 +135,9 @@ class MlflowTracker(Callback):
                 torch.save(result.global_weights, d / "global_model.pt")
             plots.confusion_matrices(ev, d / "confusion")
             plots.learning_curves(result.history, d / "learning_curves.png")
+            for extra in self.extra_artifacts:
+                if Path(extra).exists():
+                    shutil.copy(extra, d / Path(extra).name)
             _retry(self.client.log_artifacts, self.run_id, str(d))
         _retry(self.client.set_terminated, self.run_id, "FINISHED")
 

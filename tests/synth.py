@@ -51,17 +51,33 @@ def _gauss(t: np.ndarray, mu: float, sigma: float) -> np.ndarray:
 def _beat_shape(cls: str, t: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
     """Waveform (MLII, V1) of one beat with its R peak at time r (seconds)."""
     if cls == "N":
-        m = 0.15 * _gauss(t, r - 0.16, 0.02) + 1.0 * _gauss(t, r, 0.012) + 0.3 * _gauss(t, r + 0.25, 0.04)
+        m = (
+            0.15 * _gauss(t, r - 0.16, 0.02)
+            + 1.0 * _gauss(t, r, 0.012)
+            + 0.3 * _gauss(t, r + 0.25, 0.04)
+        )
     elif cls == "S":
         # Premature, with an abnormal (inverted) P wave.
-        m = -0.12 * _gauss(t, r - 0.12, 0.015) + 0.9 * _gauss(t, r, 0.012) + 0.25 * _gauss(t, r + 0.22, 0.04)
+        m = (
+            -0.12 * _gauss(t, r - 0.12, 0.015)
+            + 0.9 * _gauss(t, r, 0.012)
+            + 0.25 * _gauss(t, r + 0.22, 0.04)
+        )
     elif cls == "V":
         # Wide QRS, no P wave, discordant T.
         m = 1.4 * _gauss(t, r, 0.04) - 0.5 * _gauss(t, r + 0.3, 0.06)
     elif cls == "F":
-        m = 0.1 * _gauss(t, r - 0.16, 0.02) + 0.7 * _gauss(t, r, 0.025) - 0.1 * _gauss(t, r + 0.27, 0.05)
+        m = (
+            0.1 * _gauss(t, r - 0.16, 0.02)
+            + 0.7 * _gauss(t, r, 0.025)
+            - 0.1 * _gauss(t, r + 0.27, 0.05)
+        )
     else:  # Q: paced: pacing spike before a wide complex.
-        m = 1.2 * _gauss(t, r - 0.04, 0.003) + 0.8 * _gauss(t, r, 0.035) + 0.2 * _gauss(t, r + 0.28, 0.05)
+        m = (
+            1.2 * _gauss(t, r - 0.04, 0.003)
+            + 0.8 * _gauss(t, r, 0.035)
+            + 0.2 * _gauss(t, r + 0.28, 0.05)
+        )
     v1 = -0.6 * m + 0.1 * _gauss(t, r + 0.05, 0.03)
     return m, v1
 

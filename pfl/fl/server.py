@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,25 @@ log = logging.getLogger(__name__)
 
 class DivergenceError(PflError):
     pass
+
+
+class Backend:
+    """Runs one round's local updates; results come back in the order of `clients`."""
+
+    def local_updates(self, server: Server, work: nn.Module, clients: Sequence[Client],
+                      global_weights: dict[str, torch.Tensor], states: dict[str, dict[str, Any]],
+                      rnd: int) -> Iterator[Update]:
+        raise NotImplementedError
+
+
+class SerialBackend(Backend):
+    """One client after another in this process, reusing one working model."""
+
+    def local_updates(self, server, work, clients, global_weights, states, rnd):
+        for c in clients:
+            work.load_state_dict(global_weights)
+            yield server.strategy.local_update(work, c, states[c.cid], rnd)
+            server._emit("on_client_end", rnd, c.cid)
 
 
 @dataclass
@@ -60,6 +79,7 @@ class Server:
         on_divergence: str = "fail",
         eval_batch_size: int = 4096,
         callbacks: Sequence[Callback] = (),
+        backend: Backend | None = None,
     ):
         self.strategy, self.model_factory = strategy, model_factory
         self.train_clients, self.eval_clients, self.classes = list(train_clients), list(eval_clients), classes
@@ -71,6 +91,7 @@ class Server:
                               f"an integer in [1, {n}] (the number of training clients) or null for all")
         self.clients_per_round = clients_per_round or n
         self.callbacks = list(callbacks)
+        self.backend = backend or SerialBackend()
         for c in self.train_clients:
             strategy.check_client(c)
 
@@ -115,9 +136,8 @@ class Server:
             before = state.global_weights
             updates: list[Update] = []
             diverged: list[str] = []
-            for c in clients:
-                work.load_state_dict(before)
-                upd = self.strategy.local_update(work, c, state.client_states[c.cid], rnd)
+            for c, upd in zip(clients, self.backend.local_updates(self, work, clients, before, state.client_states, rnd),
+                              strict=True):
                 if not (np.isfinite(upd.metrics.get("train_loss", 0.0)) and all_finite(upd.weights)):
                     if self.on_divergence != "drop":
                         raise DivergenceError(
@@ -128,7 +148,6 @@ class Server:
                 else:
                     updates.append(upd)
                     state.client_states[c.cid] = upd.state
-                self._emit("on_client_end", rnd, c.cid)
             if not updates:
                 raise DivergenceError(f"round {rnd}: every client update diverged; nothing to aggregate")
             after = self.strategy.aggregate(before, updates)
