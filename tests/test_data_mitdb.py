@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-import wfdb
 import synth
+import wfdb
 
 from pfl.data import mitdb
 from pfl.data.mitdb import cache_path, count_reference_labels, load_beats, parse_settings
@@ -30,11 +30,17 @@ def test_loads_every_record_with_labels_from_the_aami_mapping(synthetic_db, synt
     assert beats.classes == CLASSES
     for name, rb in beats.records.items():
         samples, symbols = reference(synthetic_db, name)
-        want = {int(s): SYM2CLASS[sym] for s, sym in zip(samples, symbols) if sym in SYM2CLASS}
+        want = {
+            int(s): SYM2CLASS[sym]
+            for s, sym in zip(samples, symbols, strict=True)
+            if sym in SYM2CLASS
+        }
         # Every kept beat carries the class of its reference annotation, and no non-beat
         # annotation ('+', '~') produced a beat.
-        assert all(want[int(s)] == int(y) for s, y in zip(rb.sample, rb.y))
-        non_beats = {int(s) for s, sym in zip(samples, symbols) if sym not in SYM2CLASS}
+        assert all(want[int(s)] == int(y) for s, y in zip(rb.sample, rb.y, strict=True))
+        non_beats = {
+            int(s) for s, sym in zip(samples, symbols, strict=True) if sym not in SYM2CLASS
+        }
         assert non_beats and not non_beats & set(rb.sample.tolist())
         assert rb.x.shape == (len(rb), 256) and rb.x.dtype == np.float32
         assert rb.fs == 360 and rb.lead == "MLII"
@@ -168,7 +174,7 @@ def test_changing_a_setting_rebuilds(synthetic_cfg, monkeypatch, key, value):
     assert len(calls) == 6
     assert any(
         a.x.shape != b.x.shape or not np.array_equal(a.x, b.x) or len(a) != len(b)
-        for a, b in zip(first.records.values(), second.records.values())
+        for a, b in zip(first.records.values(), second.records.values(), strict=True)
     )
     calls.clear()
     load_beats(synthetic_cfg)
@@ -326,7 +332,9 @@ def test_unknown_record_name_lists_the_known_ones(synthetic_cfg):
 def test_unknown_lead(synthetic_cfg):
     synthetic_cfg.lead = "V9"
     synthetic_cfg.lead_fallback = []
-    with pytest.raises(DataError, match=r"record s01: lead 'V9' not found; available leads: MLII, V1"):
+    with pytest.raises(
+        DataError, match=r"record s01: lead 'V9' not found; available leads: MLII, V1"
+    ):
         load_beats(synthetic_cfg)
 
 

@@ -1,0 +1,35 @@
+"""Composing the real conf/ for tests, pointed at synthetic data and a temporary output tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import pfl  # noqa: F401  (config resolvers)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+FAST = (
+    "partition=patient",
+    "model=cnn",
+    "federation.rounds=2",
+    "federation.local_epochs=1",
+    "federation.batch_size=32",
+    "logger=none",
+    "trainer.progress=false",
+)
+
+
+def make_cfg(db: Path, tmp_path: Path, *overrides: str, fast: bool = True) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                f"data.root={db}",
+                f"paths.root_dir={tmp_path}",
+                *(FAST if fast else ()),
+                *overrides,
+            ],
+        )
