@@ -40,11 +40,14 @@ def default_run_name(cfg: DictConfig) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
+        # Keys that change results name the run; paths, logging and the like do not.
+        skip = ("seed=", "strategy=", "experiment=", "hparams_search=", "mode=", "hydra",
+                *(k for k in cfgmod.VOLATILE if k not in cfgmod.SHORTCUTS))
         overrides = [o for o in HydraConfig.get().overrides.task
-                     if not o.split("=")[0].lstrip("+~").startswith(("seed", "strategy", "experiment", "hparams_search",
-                                                                     "resume", "logger", "mode"))]
+                     if not o.lstrip("+~").startswith(skip)]
         if overrides:
-            name += "-" + ",".join(o.split(".")[-1] for o in overrides)
+            # federation.optimizer.lr=0.01 -> lr=0.01: the last key part is readable enough
+            name += "-" + ",".join(k.split(".")[-1] + eq + v for k, eq, v in (o.partition("=") for o in overrides))
     except ValueError:  # not under a Hydra app (tests, API use)
         pass
     return f"{name}-s{cfg.seed}"
@@ -63,6 +66,7 @@ def run_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
         if hc.mode.name == "MULTIRUN":
             tags["multirun_id"] = Path(hc.sweep.dir).name
             tags["multirun_job"] = str(hc.job.num)
+        tags["overrides"] = " ".join(hc.overrides.task)[:5000]
     except ValueError:
         pass
     return tags
@@ -126,12 +130,12 @@ def train(cfg: DictConfig, console=None) -> Result:
         callbacks.append(tracker)
     # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks.
     callbacks += [ledger, ckpt]
-    if cfg.trainer.get("progress", True):
-        from pfl.fl.progress import RichProgress
+    try:  # from here on an error must end the MLflow run as FAILED, not leave it RUNNING
+        if cfg.trainer.get("progress", True):
+            from pfl.fl.progress import RichProgress
 
-        callbacks.insert(0, RichProgress(fcfg.rounds, len(fed.clients), console))
-    server.callbacks = callbacks
-    try:
+            callbacks.insert(0, RichProgress(fcfg.rounds, len(fed.clients), console))
+        server.callbacks = callbacks
         result = server.run(state)
     except BaseException as exc:
         for cb in callbacks:

@@ -2,16 +2,25 @@
 
 Everything goes through MlflowClient with an explicit run id, so parallel jobs in one process
 tree never share the fluent API's global "active run".
+
+Stores: `sqlite:///path` (the embedded default; parallel jobs may share it) or a tracking
+server at `http(s)://host:port`. Anything else MLflow accepts (file:, postgresql:, ...) is
+passed through unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
 import logging
+import os
+import random
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,12 @@ from pfl.fl.callbacks import Callback, RoundInfo
 
 log = logging.getLogger(__name__)
 _BATCH = 500  # MLflow accepts up to 1000 metrics / 100 params per log_batch call
+# SQLite busy timeout: a writer waits this long for another job's transaction before failing.
+SQLITE_TIMEOUT_S = 60
+# Probing a tracking server: MLflow's own HTTP retries back off for minutes on a dead server.
+PROBE_TIMEOUT_S = 10
+# What _retry treats as another job holding the SQLite store (transient), in lower case.
+_TRANSIENT = ("database is locked", "database table is locked", "database schema has changed", "sqlite_busy")
 
 
 def git_commit() -> str:
@@ -36,61 +51,162 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _retry(fn, *args, attempts: int = 8, **kwargs):
-    """SQLite allows one writer: parallel jobs on one store see 'database is locked' briefly."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` URI (query string dropped), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def store_uri(uri: str) -> str:
+    """The URI MLflow is given: an absolute SQLite path with a busy timeout, so that the jobs of a
+    parallel sweep wait for each other's transactions instead of failing at once. The absolute
+    path also makes every job agree on MLflow's schema-creation lock, which is keyed by URI."""
+    path = sqlite_path(uri)
+    if path is None:
+        return uri
+    query = uri.split("?", 1)[1] if "?" in uri else ""
+    if "timeout=" not in query:
+        query = "&".join(q for q in (query, f"timeout={SQLITE_TIMEOUT_S}") if q)
+    return f"sqlite:///{path.expanduser().resolve()}?{query}"
+
+
+def _transient(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(t in text for t in _TRANSIENT)
+
+
+def _retry(fn, *args, attempts: int = 12, **kwargs):
+    """SQLite allows one writer. The busy timeout covers most waits, but SQLite answers 'database
+    is locked' at once where waiting could deadlock (a reader upgrading to writer while another
+    job writes); the transaction was rolled back, so it is safe to try again."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if "locked" not in str(e).lower() or i == attempts - 1:
+            if not _transient(e) or i == attempts - 1:
                 raise
-            time.sleep(0.2 * (i + 1) + np.random.random() * 0.2)
+            time.sleep(min(0.1 * 2 ** i, 5.0) * (0.5 + random.random()))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock between processes (no-op where fcntl does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: MLflow's own init lock is all there is
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _http_patience(retries: int, timeout_s: int) -> Iterator[None]:
+    """MLflow reads its HTTP retry settings on every request; narrow them for a block. A value the
+    user set in the environment wins."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {k: os.environ.get(k) for k in keys}
+    for k, v in keys.items():
+        if saved[k] is None:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def open_client(uri: str):
+    """An MlflowClient on `uri` whose store is known to answer, or one clear PflError.
+
+    A new SQLite store's tables are created under a file lock beside the database: jobs that start
+    together would otherwise race to create the schema."""
+    from mlflow.tracking import MlflowClient
+
+    path = sqlite_path(uri)
+    if path is not None:
+        path = path.expanduser().resolve()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PflError(f"logger.tracking_uri={uri!r}: cannot create {path.parent} ({e})") from None
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    try:
+        if path is not None:
+            with _file_lock(path.with_name(path.name + ".lock")):
+                _retry(client.search_experiments, max_results=1)
+        else:
+            with _http_patience(retries=0, timeout_s=PROBE_TIMEOUT_S):
+                client.search_experiments(max_results=1)
+    except Exception as e:
+        raise PflError(f"logger.tracking_uri={uri!r}: the MLflow tracking store does not answer ({_first_line(e)}); "
+                       "start the server, fix the URI, or use logger=none") from None
+    return client
 
 
 class MlflowTracker(Callback):
     def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str]):
         import mlflow
-        from mlflow.tracking import MlflowClient
 
-        self.cfg, self.run_name, self.tags = cfg, run_name, tags
+        self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags)
         self.uri = str(cfg.logger.tracking_uri)
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = open_client(self.uri)
+        # Some artifact repositories (the server's proxied mlflow-artifacts:) resolve the tracking
+        # URI globally.
+        mlflow.set_tracking_uri(store_uri(self.uri))
         self.run_id: str | None = None
-        self.classes: list[str] = []
+        self.resumed = False
         self.fed_stats: dict[str, Any] | None = None
         self.extra_artifacts: list[Path] = []  # logged at the end, e.g. the provenance ledger
 
     def _experiment_id(self) -> str:
         name = str(self.cfg.logger.experiment_name)
-        try:
-            exp = _retry(self.client.get_experiment_by_name, name)
-        except Exception as e:
-            raise PflError(f"logger.tracking_uri={self.uri!r}: the MLflow tracking store does not answer "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); start the server, fix the URI, "
-                           "or use logger=none") from None
+        exp = _retry(self.client.get_experiment_by_name, name)
         if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise PflError(f"logger.experiment_name={name!r}: that MLflow experiment is deleted; restore it "
+                               "(mlflow experiments restore) or choose another study name")
             return exp.experiment_id
         loc = self.cfg.logger.get("artifact_location")
+        # Only a local store takes a local artifact directory; a server decides its own.
+        local = sqlite_path(self.uri) is not None or "://" not in self.uri
         try:
             return _retry(self.client.create_experiment, name,
-                          artifact_location=Path(loc).resolve().as_uri() if loc and "://" not in self.uri.replace(
-                              "sqlite://", "") else None)
+                          artifact_location=Path(str(loc)).expanduser().resolve().as_uri() if loc and local else None)
         except Exception:  # another job created it first
-            return _retry(self.client.get_experiment_by_name, name).experiment_id
+            exp = _retry(self.client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start(self, run_id: str | None = None) -> str:
         if run_id:
             try:
                 self.client.get_run(run_id)
-                self.run_id = run_id
-                _retry(self.client.update_run, run_id, status="RUNNING")
-                return run_id
             except Exception:
                 log.warning("MLflow run %s of the checkpoint not found; starting a new run", run_id)
-        run = _retry(self.client.create_run, self._experiment_id(), run_name=self.run_name, tags=self.tags)
+            else:
+                self.run_id, self.resumed = run_id, True
+                _retry(self.client.update_run, run_id, status="RUNNING")
+                if "error" in self.client.get_run(run_id).data.tags:  # from the attempt that failed
+                    _retry(self.client.delete_tag, run_id, "error")
+                return run_id
+        tags = {**self.tags, "mlflow.user": _user(), "mlflow.source.name": "pfl", "mlflow.source.type": "LOCAL"}
+        if self.tags.get("git_commit", "unknown") != "unknown":
+            tags["mlflow.source.git.commit"] = self.tags["git_commit"]
+        run = _retry(self.client.create_run, self._experiment_id(), run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 
@@ -98,6 +214,17 @@ class MlflowTracker(Callback):
         for i in range(0, len(params), 100):
             _retry(self.client.log_batch, self.run_id, params=params[i:i + 100])
         return self.run_id
+
+    def on_run_start(self, server) -> None:
+        # The report needs to know which clients never trained (inter-patient DS2); metric names
+        # alone do not say.
+        unseen = [c.cid for c in server.eval_clients if not c.federated]
+        tags = {"n_clients": str(len(server.eval_clients))}
+        if unseen:
+            tags["unseen_clients"] = ",".join(unseen)[:5000]
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -118,6 +245,19 @@ class MlflowTracker(Callback):
                    json.dumps({"dropped": info.dropped, "diverged": info.diverged}),
                    f"rounds/round_{info.rnd:04d}_clients.json")
 
+    def _history(self, result) -> list[dict[str, float]]:
+        """The learning curves' points: a resumed run's result holds only the rounds after the
+        checkpoint, the store holds them all."""
+        if not self.resumed:
+            return result.history
+        keys = ["train_loss"] + [f"{s}.{m}.{k}.mean" for s in ("val", "test") for m in ("global", "personal")
+                                 for k in ("acc", "f1")]
+        rounds: dict[int, dict[str, float]] = {}
+        for key in keys:
+            for m in _retry(self.client.get_metric_history, self.run_id, key):
+                rounds.setdefault(m.step, {"round": m.step})[key] = m.value
+        return [rounds[r] for r in sorted(rounds)] or result.history
+
     def on_run_end(self, result) -> None:
         from pfl import plots
 
@@ -134,7 +274,7 @@ class MlflowTracker(Callback):
             if self.cfg.logger.get("log_model", True):
                 torch.save(result.global_weights, d / "global_model.pt")
             plots.confusion_matrices(ev, d / "confusion")
-            plots.learning_curves(result.history, d / "learning_curves.png")
+            plots.learning_curves(self._history(result), d / "learning_curves.png")
             for extra in self.extra_artifacts:
                 if Path(extra).exists():
                     shutil.copy(extra, d / Path(extra).name)
@@ -147,8 +287,18 @@ class MlflowTracker(Callback):
     def on_exception(self, exc: BaseException) -> None:
         if self.run_id is None:
             return
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:
-            self.client.set_tag(self.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-            self.client.set_terminated(self.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        except Exception as e:  # the store itself may be what failed
-            log.error("could not mark MLflow run %s as failed: %s", self.run_id, e)
+            # The server may be what failed: do not wait minutes for it.
+            with _http_patience(retries=1, timeout_s=PROBE_TIMEOUT_S):
+                _retry(self.client.set_tag, self.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+                _retry(self.client.set_terminated, self.run_id, status)
+        except Exception as e:
+            log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, _first_line(e))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"

@@ -42,3 +42,9 @@ def real_data_dir() -> Path:
     if not (p / "RECORDS").is_file():
         pytest.skip(f"PFL_DATA_DIR={d} does not contain a mitdb RECORDS file")
     return p
+
+
+@pytest.fixture(scope="session")
+def real_cache_dir(tmp_path_factory) -> Path:
+    """One beat cache for every real-data run of the session: built once, loaded warm after."""
+    return tmp_path_factory.mktemp("real_beat_cache")

@@ -1,0 +1,158 @@
+"""The `pfl` command line: short forms, validation before training, the registry, plugins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from compose import make_cfg
+
+from pfl.config import prepare
+from pfl.errors import ConfigError
+from pfl.run import train
+from pfl.strategies import Strategy, available, build_strategy
+
+PFL = str(Path(sys.executable).parent / "pfl")
+
+
+def test_short_forms_set_the_strategy_hyperparameters(synthetic_db, tmp_path):
+    cfg = prepare(make_cfg(synthetic_db, tmp_path, "strategy=perfedavg", "alpha=0.005", "beta=0.02", "variant=hf",
+                           "adapt_steps=5", "delta=0.01"))
+    s = cfg.strategy
+    assert (s.alpha, s.beta, s.variant, s.adapt_steps, s.delta) == (0.005, 0.02, "hf", 5, 0.01)
+    long_form = prepare(make_cfg(synthetic_db, tmp_path, "strategy=perfedavg", "strategy.alpha=0.005"))
+    assert long_form.strategy.alpha == 0.005
+    ft = prepare(make_cfg(synthetic_db, tmp_path, "strategy=finetune", "epochs=4", "lr_scale=0.5"))
+    assert (ft.strategy.epochs, ft.strategy.lr_scale) == (4, 0.5)
+
+
+def test_a_short_form_the_strategy_lacks_is_an_error(synthetic_db, tmp_path):
+    with pytest.raises(ConfigError, match=r"alpha=0\.1.*strategy 'none'"):
+        prepare(make_cfg(synthetic_db, tmp_path, "strategy=none", "alpha=0.1"))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("strategy.alpha=0", "strategy.alpha"),
+    ("strategy.beta=-1", "strategy.beta"),
+    ("strategy.delta=0", "strategy.delta"),
+    ("strategy.variant=so", "strategy.variant"),
+    ("strategy.adapt_steps=-1", "strategy.adapt_steps"),
+])
+def test_perfedavg_hyperparameters_are_validated(synthetic_db, tmp_path, override, key):
+    cfg = prepare(make_cfg(synthetic_db, tmp_path, "strategy=perfedavg", override))
+    with pytest.raises(ConfigError, match=key):
+        build_strategy(cfg.strategy)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("federation.rounds=0", "federation.rounds"),
+    ("federation.local_epochs=0", "federation.local_epochs"),
+    ("federation.batch_size=0", "federation.batch_size"),
+    ("federation.eval_every=0", "federation.eval_every"),
+    ("federation.optimizer.lr=0", "federation.optimizer.lr"),
+    ("federation.optimizer.lr=-0.1", "federation.optimizer.lr"),
+    ("federation.rounds=abc", "federation.rounds"),
+    ("mode=distributed", "mode"),
+    ("federation.dropout=1.0", "federation.dropout"),
+])
+def test_federation_settings_are_validated_before_training(synthetic_db, tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key):
+        train(make_cfg(synthetic_db, tmp_path, override))
+    assert not (tmp_path / "outputs").exists(), "a rejected config left files behind"
+
+
+def test_finetune_hyperparameters_are_validated():
+    with pytest.raises(ConfigError, match="strategy.epochs"):
+        build_strategy({"name": "finetune", "epochs": -1})
+    with pytest.raises(ConfigError, match="strategy.lr_scale"):
+        build_strategy({"name": "finetune", "lr_scale": 0})
+
+
+def test_unknown_strategy_lists_the_available_ones():
+    assert {"none", "finetune", "perfedavg"} <= set(available())
+    with pytest.raises(ConfigError, match=r"strategy.name='fedprox'.*finetune, none, perfedavg"):
+        build_strategy({"name": "fedprox"})
+
+
+class FrozenServer(Strategy):
+    """A user's strategy defined outside pfl: the server never moves; clients keep what they learn."""
+
+    def __init__(self, keep: float = 1.0):
+        self.keep = keep
+
+    def init_client_state(self, client):
+        return {"local": None}
+
+    def local_update(self, model, client, state, rnd):
+        upd = super().local_update(model, client, state, rnd)
+        upd.state = {"local": upd.weights}
+        return upd
+
+    def aggregate(self, global_weights, updates):
+        return {k: v.clone() for k, v in global_weights.items()}
+
+    def personalize(self, model, client, state, rnd):
+        if state["local"] is not None:
+            model.load_state_dict(state["local"])
+        return model
+
+
+def test_a_plugin_strategy_from_the_users_module(synthetic_db, tmp_path):
+    cfg = make_cfg(synthetic_db, tmp_path, "strategy=none", "+strategy._target_=test_cli.FrozenServer",
+                   "strategy.name=frozen", "+strategy.keep=0.5", "federation.rounds=1")
+    init = train(make_cfg(synthetic_db, tmp_path / "init", "federation.rounds=1", "federation.local_epochs=1",
+                          "federation.optimizer.lr=1e-12"))
+    result = train(cfg)
+    # The server kept the initial weights; clients were evaluated on their own local models.
+    for k, v in result.global_weights.items():
+        torch.testing.assert_close(v, init.global_weights[k], atol=1e-8, rtol=0)
+    assert result.metrics["test.personal.acc.mean"] != result.metrics["test.global.acc.mean"]
+
+
+def test_plugin_target_that_is_not_a_strategy_is_refused():
+    with pytest.raises(ConfigError, match="strategy"):
+        build_strategy({"name": "x", "_target_": "collections.OrderedDict"})
+    with pytest.raises(ConfigError, match="strategy._target_='nope.Missing'"):
+        build_strategy({"name": "x", "_target_": "nope.Missing"})
+
+
+def _pfl(*args, tmp_path, env=None):
+    return subprocess.run([PFL, *args, f"paths.root_dir={tmp_path}", "hydra.run.dir=" + str(tmp_path / "run"),
+                           "hydra/job_logging=disabled"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_pfl_command_runs_and_prints_the_table(synthetic_db, tmp_path):
+    proc = _pfl(f"data.root={synthetic_db}", "partition=patient", "model=cnn", "strategy=perfedavg", "alpha=0.005",
+                "federation.rounds=1", "federation.local_epochs=1", "logger=none", "trainer.progress=false",
+                tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "global vs personalized" in proc.stdout and "s06" in proc.stdout and "mean" in proc.stdout
+
+
+def test_pfl_command_bad_value_is_one_line_and_nonzero(synthetic_db, tmp_path):
+    proc = _pfl(f"data.root={synthetic_db}", "strategy=perfedavg", "variant=so", tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert "error: strategy.variant='so' is not allowed: expected one of fo, hf" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _pfl("strategy=fedprox", tmp_path=tmp_path)
+    assert proc.returncode != 0 and "finetune" in proc.stderr and "perfedavg" in proc.stderr
+
+
+def test_the_readme_plugin_example_works(synthetic_db, tmp_path, monkeypatch):
+    import re
+    import types
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "my_strategies.py" in b)
+    module = types.ModuleType("my_strategies")
+    exec(compile(code, "README.md:my_strategies", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, "my_strategies", module)
+    result = train(make_cfg(synthetic_db, tmp_path, "+strategy._target_=my_strategies.LocalHeads",
+                            "strategy.name=local_heads"))
+    # Clients are evaluated with their own last-trained heads, so personal differs from global.
+    assert result.metrics["test.personal.f1.mean"] != result.metrics["test.global.f1.mean"]
