@@ -178,6 +178,7 @@ def check_chain(entries: Sequence[Mapping], config_hash: str | None = None,
         return problems
     chash = config_hash or entries[0].get("config_hash")
     pdig = partition_digest or entries[0].get("partition_digest")
+    present = {e.get("round") for e in entries}
     prev: Mapping | None = None
     for i, e in enumerate(entries):
         expected = i + 1
@@ -186,12 +187,15 @@ def check_chain(entries: Sequence[Mapping], config_hash: str | None = None,
         if e.get("hash") != entry_hash(e):
             problems.append(Problem(r, "entry edited: its content does not match its hash"))
         if rnd != expected:
-            if isinstance(rnd, int) and prev is not None and rnd > expected and rnd > prev.get("round", 0):
-                gap = f"round {expected}" if rnd == expected + 1 else f"rounds {expected}-{rnd - 1}"
-                problems.append(Problem(r, f"{gap} missing before it (entries removed)"))
+            gap = range(expected, rnd) if isinstance(rnd, int) and rnd > expected else range(0)
+            if gap and not present & set(gap):
+                last = f" (and {len(gap) - 1} more)" if len(gap) > 1 else ""
+                jump = (f"the ledger goes from round {expected - 1} to round {rnd}" if expected > 1
+                        else f"the ledger starts at round {rnd}")
+                problems.append(Problem(expected, f"entry missing{last} (removed): {jump}"))
             else:
                 problems.append(Problem(r, f"out of order: line {expected} should hold round {expected} "
-                                           "(entries reordered, duplicated or removed)"))
+                                           "(entries reordered or duplicated)"))
         want_prev = prev.get("hash") if prev is not None else GENESIS
         if e.get("prev") != want_prev:
             what = "the first entry" if prev is None else f"the entry before it (round {prev.get('round')})"

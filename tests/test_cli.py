@@ -153,6 +153,6 @@ def test_the_readme_plugin_example_works(synthetic_db, tmp_path, monkeypatch):
     exec(compile(code, "README.md:my_strategies", "exec"), module.__dict__)
     monkeypatch.setitem(sys.modules, "my_strategies", module)
     result = train(make_cfg(synthetic_db, tmp_path, "+strategy._target_=my_strategies.LocalHeads",
-                            "strategy.name=local_heads"))
+                            "strategy.name=local_heads", "federation.local_epochs=3", "federation.optimizer.lr=0.01"))
     # Clients are evaluated with their own last-trained heads, so personal differs from global.
     assert result.metrics["test.personal.f1.mean"] != result.metrics["test.global.f1.mean"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,19 @@ class Checkpointer(Callback):
     def __init__(self, directory: Path, config_hash: str, fed_digest: str, meta: dict[str, Any] | None = None):
         self.directory, self.config_hash, self.fed_digest = Path(directory), config_hash, fed_digest
         self.meta = meta or {}
+        self.resuming = False
+        self.ledger = None  # a pfl.ledger.Ledger: its chain head is saved with each checkpoint
 
     @property
     def last(self) -> Path:
         return self.directory / "last.pt"
+
+    def on_run_start(self, server) -> None:
+        # Temporary files of a run killed mid-write; last.pt itself is intact (write then rename).
+        for torn in self.directory.glob(f".{self.last.name}.*.tmp"):
+            torn.unlink(missing_ok=True)
+        if not self.resuming:  # a fresh run restarts the ledger; an older checkpoint would contradict it
+            self.last.unlink(missing_ok=True)
 
     def on_round_end(self, info: RoundInfo) -> None:
         atomic_save({
@@ -46,8 +56,14 @@ class Checkpointer(Callback):
             "torch_rng": torch.get_rng_state(),
             "config_hash": self.config_hash,
             "fed_digest": self.fed_digest,
+            "ledger_head": getattr(self.ledger, "prev", None),
             "meta": self.meta,
         }, self.last)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[ServerState, dict[str, Any]]:
@@ -55,9 +71,21 @@ def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[Serv
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PflError(f"resume={str(path)!r}: no such checkpoint") from None
-    except Exception as e:
-        raise PflError(f"resume={str(path)!r}: refused to load checkpoint (only tensors and plain values are "
-                       f"allowed, loaded with weights_only=True): {str(e).splitlines()[0]}") from None
+    except IsADirectoryError:
+        raise PflError(f"resume={str(path)!r}: a directory; expected a checkpoint file such as "
+                       f"{Path(path) / 'last.pt'}") from None
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise PflError(f"resume={str(path)!r}: not a readable checkpoint (corrupt or truncated): "
+                           f"{_first_line(e)}") from None
+        raise PflError(f"resume={str(path)!r}: refused to load checkpoint: it holds objects other than "
+                       f"tensors and plain values, which could run code (loaded with weights_only=True): "
+                       f"{_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - torch reports a torn or foreign file in several ways
+        raise PflError(f"resume={str(path)!r}: not a readable checkpoint (corrupt or truncated): "
+                       f"{_first_line(e)}") from None
+    if not (isinstance(ckpt, dict) and {"round", "global", "client_states", "torch_rng"} <= ckpt.keys()):
+        raise PflError(f"resume={str(path)!r}: not a pfl checkpoint (expected the last.pt of a pfl run)")
     if ckpt.get("config_hash") != config_hash:
         raise PflError(f"resume={str(path)!r}: checkpoint comes from another config (hash "
                        f"{str(ckpt.get('config_hash'))[:12]}, this run {config_hash[:12]}); resume needs the same "
