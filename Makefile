@@ -28,9 +28,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP) ## create .venv and install pfl with dev and sweep extras (idempotent)
 
 run: $(STAMP) ## run the default study (three strategies) and print the comparison report
-	$(BIN)/pfl -m experiment=quick $(ARGS)
+	$(BIN)/pfl experiment=quick $(ARGS)
 	$(BIN)/pfl-report --experiment quick
-	@echo "Dashboard: make ui   (mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB))"
+	@echo "Dashboard: make ui   (mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)); open http://127.0.0.1:5000, Ctrl-C stops it)"
 
 test: $(STAMP) ## run the test suite (integration tests need PFL_DATA_DIR)
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -41,8 +41,8 @@ lint: $(STAMP) ## ruff check
 bench: $(STAMP) ## run benchmarks, write BENCHMARKS.md
 	$(BIN)/python -m pfl.bench $(ARGS)
 
-ui: $(STAMP) ## open the MLflow dashboard on the default store
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_DB))
+ui: $(STAMP) ## open the MLflow dashboard on the default store (ARGS="--port 5001" for another port)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)) --host 127.0.0.1 $(ARGS)
 
 clean: ## remove .venv, caches and run outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

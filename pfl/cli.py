@@ -31,5 +31,11 @@ def train_main(cfg: DictConfig) -> float | None:
         result = train(cfg)
     except PflError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print("error: interrupted; every completed round is checkpointed: add resume=true to the same "
+              "command to continue", file=sys.stderr)
+        sys.exit(130)
     # Returned for Hydra sweepers (Optuna): the objective is a validation metric, never test.
     return result.metrics.get(str(cfg.objective))

@@ -33,9 +33,24 @@ def apply_shortcuts(cfg: DictConfig) -> None:
             cfg[key] = None
 
 
+#: the keys of these groups; a key added with `+group.key=...` would otherwise be ignored silently
+KNOWN_KEYS = {
+    "federation": {"rounds", "local_epochs", "clients_per_round", "eval_every", "batch_size", "eval_batch_size",
+                   "optimizer", "dropout", "on_divergence", "backend", "ray_address"},
+    "trainer": {"accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "threads", "progress"},
+}
+
+
 def validate(cfg: DictConfig) -> None:
+    for group, known in KNOWN_KEYS.items():
+        unknown = sorted(set(cfg[group]) - known)
+        if unknown:
+            raise ConfigError(f"{group}.{unknown[0]}", cfg[group][unknown[0]], f"a key of {group}: " + ", ".join(sorted(known)))
     v.choice("mode", cfg.mode, ("federated", "centralized"))
     v.integer("seed", cfg.seed, minimum=0)
+    if not str(cfg.get("objective", "val.")).startswith(("val.", "unseen.val.")):
+        raise ConfigError("objective", cfg.objective, "a validation metric, val.* or unseen.val.* "
+                          "(hyperparameter searches never tune on test)", "e.g. objective=val.personal.f1.mean")
     if not isinstance(cfg.resume, bool | str):
         raise ConfigError("resume", cfg.resume, "true, false or a checkpoint path")
     f = cfg.federation

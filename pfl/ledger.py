@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def atomic_write(path: Path, write) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide run files from the rest of a team
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -102,7 +104,6 @@ class Ledger(Callback):
                  resume_weights: Mapping[str, torch.Tensor] | None = None, source: Path | None = None):
         self.path, self.config_hash, self.partition_digest = Path(path), config_hash, partition_digest
         self.resume_round = resume_round
-        self.seconds: list[float] = []  # time spent per round, for the overhead benchmark
         self.kept: list[dict] = []
         if resume_round:
             self.kept = self._resumable(Path(source) if source else self.path, resume_round, resume_weights)
@@ -124,13 +125,15 @@ class Ledger(Callback):
 
     def on_run_start(self, server) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for name in (self.path.name, FINAL):  # temporary files of a run killed mid-write
+            for torn in self.path.parent.glob(f".{name}.*.tmp"):
+                torn.unlink(missing_ok=True)
         atomic_write(self.path, lambda fh: fh.write("".join(json.dumps(e, sort_keys=True) + "\n"
                                                             for e in self.kept).encode()))
         if not self.resume_round:  # a fresh run: a final model of an earlier run here is no longer ours
             (self.path.parent / FINAL).unlink(missing_ok=True)
 
     def on_round_end(self, info: RoundInfo) -> None:
-        t0 = time.perf_counter()
         entry = {
             "round": info.rnd,
             "rounds": info.rounds,
@@ -151,7 +154,6 @@ class Ledger(Callback):
             fh.flush()
             os.fsync(fh.fileno())
         self.prev = entry["hash"]
-        self.seconds.append(time.perf_counter() - t0)
 
     def on_run_end(self, result) -> None:
         # Beside the ledger, so the checkpoint directory alone proves what the final model is.
@@ -211,11 +213,27 @@ def check_chain(entries: Sequence[Mapping], config_hash: str | None = None,
     return problems
 
 
+def load_error(e: BaseException) -> tuple[bool, str]:
+    """(refused, reason) for a failed torch.load(weights_only=True): refused when the file holds
+    objects that unpickling would have to import or call; otherwise it is corrupt or no checkpoint."""
+    text = str(e).strip()
+    refused = isinstance(e, pickle.UnpicklingError) and "weights only" in text.lower()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if refused:
+        # torch's first line suggests weights_only=False, the very thing not to do with such a file
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[-1] if lines else "")
+    else:
+        why = lines[0].split(". ")[0] if lines else ("empty file" if isinstance(e, EOFError) else type(e).__name__)
+    return refused, why[:300]
+
+
 def _load_weights(path: Path) -> tuple[Any, str | None]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), None
     except Exception as e:  # noqa: BLE001 - refused (pickled code) and corrupt alike fail verification
-        return None, f"{path.name} cannot be loaded with weights_only=True: {str(e).strip().splitlines()[0][:200]}"
+        refused, why = load_error(e)
+        what = "refused: it holds objects that could run code" if refused else "unreadable (corrupt or truncated)"
+        return None, f"{path.name} {what} ({why})"
 
 
 def _is_weights(obj: Any) -> bool:
@@ -327,6 +345,7 @@ def verify_mlflow(run_id: str, tracking_uri: str, report: Report | None = None) 
     """Resolve an MLflow run to its checkpoint directory and check that, plus the run's own copies
     of the ledger and final model (an anchor outside the directory)."""
     report = report or Report()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 

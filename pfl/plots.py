@@ -58,3 +58,77 @@ def learning_curves(history: list[dict[str, float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+# Report charts: bars are means over seeds, error bars the sample std (ddof=1) over seeds.
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return np.nan, np.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _bars(ax, labels: list[str], series: list[tuple[str, list[tuple[float, float]]]], ylabel: str) -> None:
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, points) in enumerate(series):
+        means = [100 * m for m, _ in points]
+        stds = [100 * s for _, s in points]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=name)
+    ax.set_xticks(x, labels, rotation=30 if max(map(len, labels), default=0) > 10 or len(labels) > 8 else 0,
+                  ha="right" if len(labels) > 8 or max(map(len, labels), default=0) > 10 else "center", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def report_summary(arms, split: str, path: Path) -> None:
+    """Per arm: mean client accuracy and macro-F1, global vs personalized."""
+    labels = [a.label for a in arms]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(arms) + 4), 3.8))
+    for ax, metric, name in zip(axes, ("acc", "f1"), ("accuracy", "macro-F1"), strict=True):
+        series = [(model, [_mean_std(a.values(f"{split}.{key}.{metric}.mean")) for a in arms])
+                  for model, key in (("global", "global"), ("personalized", "personal"))]
+        _bars(ax, labels, series, f"{split} {name}, mean over clients (%)")
+    fig.suptitle("mean over seeds; error bars: sample std over seeds", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report_clients(arms, split: str, metric: str, path: Path) -> None:
+    """Per client: each arm's personalized model (bars) and global model (markers)."""
+    clients = list(dict.fromkeys(c for a in arms for c in a.clients()))
+    if not clients:
+        return
+    fig, ax = plt.subplots(figsize=(min(40, max(8, 0.35 * len(clients) * max(len(arms), 1) + 3)), 4))
+    series = [(f"{a.label} personalized", [_mean_std(a.values(f"client.{c}.{split}.personal.{metric}"))
+                                            for c in clients]) for a in arms]
+    _bars(ax, clients, series, f"{split} {'accuracy' if metric == 'acc' else 'macro-F1'} (%)")
+    x = np.arange(len(clients))
+    width = 0.8 / max(len(arms), 1)
+    for i, a in enumerate(arms):
+        g = [100 * _mean_std(a.values(f"client.{c}.{split}.global.{metric}"))[0] for c in clients]
+        ax.plot(x + (i - (len(arms) - 1) / 2) * width, g, "k_", markersize=8,
+                label="global model" if i == 0 else None)
+    ax.legend(fontsize=7)
+    ax.set_title("bars: personalized model, mean ± sample std over seeds; dashes: global model", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report_centralized(arms, split: str, path: Path) -> None:
+    """Centralized vs FedAvg arms: per client macro-F1 of the global model."""
+    chosen = [a for a in arms if a.strategy == "none"]
+    clients = list(dict.fromkeys(c for a in chosen for c in a.clients() if c not in a.unseen()))
+    labels = [*clients, "mean"]
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(labels) * len(chosen) + 2), 3.8))
+    series = [(a.label, [_mean_std(a.values(f"client.{c}.{split}.global.f1")) for c in clients]
+               + [_mean_std(a.values(f"{split}.global.f1.mean"))]) for a in chosen]
+    _bars(ax, labels, series, f"{split} macro-F1, global model (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -104,13 +104,6 @@ def train(cfg: DictConfig, console=None) -> Result:
             log.info("resuming after round %d from %s", state.rnd, path)
 
     callbacks = []
-    tracker = None
-    if cfg.logger.get("enabled", False):
-        from pfl.data.stats import federation_stats
-        from pfl.tracking import MlflowTracker
-
-        tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash))
-        tracker.fed_stats = _jsonable(federation_stats(fed))
     backend = None
     if fcfg.backend == "ray":
         from pfl.fl.ray_backend import RayBackend
@@ -120,10 +113,22 @@ def train(cfg: DictConfig, console=None) -> Result:
                     seed=cfg.seed, clients_per_round=fcfg.clients_per_round, eval_every=fcfg.eval_every,
                     dropout=fcfg.dropout, on_divergence=fcfg.on_divergence, eval_batch_size=fcfg.eval_batch_size,
                     backend=backend)
+    # The tracker comes after every check the server makes, so a rejected config opens no MLflow
+    # store and leaves no run behind.
+    tracker = None
+    if cfg.logger.get("enabled", False):
+        from pfl.data.stats import federation_stats
+        from pfl.tracking import MlflowTracker
+
+        tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash))
+        tracker.fed_stats = _jsonable(federation_stats(fed))
     from pfl.ledger import Ledger
 
     # The ledger sits beside the checkpoints so a resumed run extends the same chain.
-    ledger = Ledger(ckpt.directory / "ledger.jsonl", chash, digest, resume_round=state.rnd if state else 0)
+    ledger = Ledger(ckpt.directory / "ledger.jsonl", chash, digest, resume_round=state.rnd if state else 0,
+                    resume_weights=state.global_weights if state else None,
+                    source=path.parent / "ledger.jsonl" if state else None)
+    ckpt.ledger, ckpt.resuming = ledger, state is not None
     if tracker is not None:
         ckpt.meta["mlflow_run_id"] = tracker.start(ckpt.meta.get("mlflow_run_id"))
         tracker.extra_artifacts.append(ledger.path)

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,22 @@ SQLITE_TIMEOUT_S = 60
 PROBE_TIMEOUT_S = 10
 # What _retry treats as another job holding the SQLite store (transient), in lower case.
 _TRANSIENT = ("database is locked", "database table is locked", "database schema has changed", "sqlite_busy")
+
+
+class Terminated(SystemExit):
+    """SIGTERM during a tracked run. Python's default is to die on the spot, which would leave the
+    MLflow run RUNNING for ever; unwinding instead lets the run end as KILLED. A SystemExit: the
+    process still exits (code 143) without a traceback, and Lightning re-raises it untouched."""
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
+
+    def __str__(self) -> str:
+        return "terminated by SIGTERM"
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def git_commit() -> str:
@@ -142,12 +159,14 @@ def open_client(uri: str):
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise PflError(f"logger.tracking_uri={uri!r}: cannot create {path.parent} ({e})") from None
-    client = MlflowClient(tracking_uri=store_uri(uri))
     try:
         if path is not None:
+            # MLflow creates (and migrates) the tables, unlocked, when the client opens the store.
             with _file_lock(path.with_name(path.name + ".lock")):
+                client = MlflowClient(tracking_uri=store_uri(uri))
                 _retry(client.search_experiments, max_results=1)
         else:
+            client = MlflowClient(tracking_uri=store_uri(uri))
             with _http_patience(retries=0, timeout_s=PROBE_TIMEOUT_S):
                 client.search_experiments(max_results=1)
     except Exception as e:
@@ -168,6 +187,7 @@ class MlflowTracker(Callback):
         mlflow.set_tracking_uri(store_uri(self.uri))
         self.run_id: str | None = None
         self.resumed = False
+        self._prev_sigterm = None
         self.fed_stats: dict[str, Any] | None = None
         self.extra_artifacts: list[Path] = []  # logged at the end, e.g. the provenance ledger
 
@@ -191,7 +211,24 @@ class MlflowTracker(Callback):
                 raise
             return exp.experiment_id
 
+    def _trap_sigterm(self) -> None:
+        try:
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._prev_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: signals are not ours to handle
+            pass
+
+    def _release_sigterm(self) -> None:
+        if self._prev_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+            self._prev_sigterm = None
+
     def start(self, run_id: str | None = None) -> str:
+        run_id = self._start(run_id)
+        self._trap_sigterm()
+        return run_id
+
+    def _start(self, run_id: str | None) -> str:
         if run_id:
             try:
                 self.client.get_run(run_id)
@@ -218,10 +255,12 @@ class MlflowTracker(Callback):
     def on_run_start(self, server) -> None:
         # The report needs to know which clients never trained (inter-patient DS2); metric names
         # alone do not say.
+        # The order of `clients` is the order tables list them in.
         unseen = [c.cid for c in server.eval_clients if not c.federated]
-        tags = {"n_clients": str(len(server.eval_clients))}
+        tags = {"n_clients": str(len(server.eval_clients)),
+                "clients": _joined([c.cid for c in server.eval_clients])}
         if unseen:
-            tags["unseen_clients"] = ",".join(unseen)[:5000]
+            tags["unseen_clients"] = _joined(unseen)
         from mlflow.entities import RunTag
 
         _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -280,14 +319,17 @@ class MlflowTracker(Callback):
                     shutil.copy(extra, d / Path(extra).name)
             _retry(self.client.log_artifacts, self.run_id, str(d))
         _retry(self.client.set_terminated, self.run_id, "FINISHED")
+        self._release_sigterm()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def on_exception(self, exc: BaseException) -> None:
+        self._release_sigterm()
         if self.run_id is None:
             return
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        # Ctrl-C reaches us as SystemExit when it lands inside a Lightning fit.
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         try:
             # The server may be what failed: do not wait minutes for it.
             with _http_patience(retries=1, timeout_s=PROBE_TIMEOUT_S):
@@ -295,6 +337,16 @@ class MlflowTracker(Callback):
                 _retry(self.client.set_terminated, self.run_id, status)
         except Exception as e:
             log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, _first_line(e))
+
+
+def _joined(ids: list[str], limit: int = 5000) -> str:
+    """Comma-joined ids, whole ids only, within MLflow's tag length."""
+    out = ""
+    for cid in ids:
+        if len(out) + len(cid) + 1 > limit:
+            break
+        out = f"{out},{cid}" if out else cid
+    return out
 
 
 def _user() -> str:

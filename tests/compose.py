@@ -19,6 +19,9 @@ FAST = (
     "federation.batch_size=32",
     "logger=none",
     "trainer.progress=false",
+    # One intra-op thread: tests run beside other processes, and oversubscribed threads made the
+    # same run ten times slower on 2 shared cores.
+    "trainer.threads=1",
 )
 
 

@@ -61,7 +61,7 @@ def test_finetune_leaves_the_global_model_untouched(synthetic_db, tmp_path, monk
     def spy(self, model, client, state, rnd):
         before = [p.detach().clone() for p in model.parameters()]
         out = original(self, model, client, state, rnd)
-        moved.append(sum(float((p - b).abs().sum()) for p, b in zip(out.parameters(), before, strict=True)))
+        moved.append(sum(float((p.detach() - b).abs().sum()) for p, b in zip(out.parameters(), before, strict=True)))
         return out
 
     monkeypatch.setattr(FineTune, "personalize", spy)

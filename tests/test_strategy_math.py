@@ -13,11 +13,12 @@ from pfl.fl.batches import BatchLoader
 from pfl.fl.trainer import ClientTrainer
 from pfl.strategies.perfedavg import MetaModule, meta_gradient
 
-torch.set_default_dtype(torch.float64)
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _float64():
+    # Set here, not at import: pytest imports every test module before running any, so an
+    # import-time default would make every test that runs before this module train in float64.
+    torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)
 

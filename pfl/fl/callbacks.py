@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pfl.strategies.base import Update
+if TYPE_CHECKING:  # only for annotations: importing it pulls in Lightning, slow for pfl-verify
+    from pfl.strategies.base import Update
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
 from pfl.fl.server import ServerState
+from pfl.ledger import load_error
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -20,6 +20,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide run files from the rest of a team
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
@@ -61,11 +62,6 @@ class Checkpointer(Callback):
         }, self.last)
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]
-
-
 def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[ServerState, dict[str, Any]]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -74,16 +70,13 @@ def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[Serv
     except IsADirectoryError:
         raise PflError(f"resume={str(path)!r}: a directory; expected a checkpoint file such as "
                        f"{Path(path) / 'last.pt'}") from None
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise PflError(f"resume={str(path)!r}: not a readable checkpoint (corrupt or truncated): "
-                           f"{_first_line(e)}") from None
-        raise PflError(f"resume={str(path)!r}: refused to load checkpoint: it holds objects other than "
-                       f"tensors and plain values, which could run code (loaded with weights_only=True): "
-                       f"{_first_line(e)}") from None
-    except Exception as e:  # noqa: BLE001 - torch reports a torn or foreign file in several ways
-        raise PflError(f"resume={str(path)!r}: not a readable checkpoint (corrupt or truncated): "
-                       f"{_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - torch reports a refused, torn or foreign file in several ways
+        refused, why = load_error(e)
+        if refused:
+            raise PflError(f"resume={str(path)!r}: refused to load checkpoint: it holds objects other than "
+                           f"tensors and plain values, which could run code (loaded with weights_only=True): "
+                           f"{why}") from None
+        raise PflError(f"resume={str(path)!r}: not a readable checkpoint (corrupt or truncated): {why}") from None
     if not (isinstance(ckpt, dict) and {"round", "global", "client_states", "torch_rng"} <= ckpt.keys()):
         raise PflError(f"resume={str(path)!r}: not a pfl checkpoint (expected the last.pt of a pfl run)")
     if ckpt.get("config_hash") != config_hash:

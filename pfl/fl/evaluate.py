@@ -67,28 +67,48 @@ class Evaluation:
         return rows
 
 
+def client_confusions(global_model: nn.Module, scratch: nn.Module, global_weights: dict[str, torch.Tensor],
+                      client: Client, n_classes: int,
+                      personalize: Callable[[nn.Module, Client], nn.Module] | None,
+                      batch_size: int = 4096) -> dict[tuple[str, str], np.ndarray]:
+    """Confusion matrices of one client keyed by (split, model); "personal" only when personalizing.
+
+    A function of the client alone, so a backend may run clients in other processes.
+    """
+    n = n_classes
+    models = [("global", global_model)]
+    if personalize is not None:  # None: the personalized model is the global one
+        scratch.load_state_dict(global_weights)
+        models.append(("personal", personalize(scratch, client)))
+    out = {}
+    for model_name, model in models:
+        for split in SPLITS:
+            sp = client.split(split)
+            out[(split, model_name)] = (confusion(predict(model, sp.x, batch_size), sp.y, n) if len(sp)
+                                        else np.zeros((n, n), np.int64))
+    return out
+
+
+def add_client(ev: Evaluation, client: Client, cms: dict[tuple[str, str], np.ndarray]) -> None:
+    """Record one client's confusion matrices (from client_confusions) and their scores."""
+    for (split, model_name), cm in cms.items():
+        ev.cms.setdefault((split, model_name), {})[client.cid] = cm
+        ev.scores.setdefault((split, model_name), {})[client.cid] = scores(cm, ev.classes) if len(
+            client.split(split)) else {"acc": float("nan"), "f1": float("nan")}
+    if ("val", "personal") not in cms:
+        for split in SPLITS:
+            ev.cms.setdefault((split, "personal"), {})[client.cid] = ev.cms[(split, "global")][client.cid]
+            ev.scores.setdefault((split, "personal"), {})[client.cid] = ev.scores[(split, "global")][client.cid]
+
+
 def evaluate(global_model: nn.Module, scratch: nn.Module, clients: Sequence[Client], classes: list[str],
              personalize: Callable[[nn.Module, Client], nn.Module] | None, batch_size: int = 4096,
              on_client: Callable[[str], None] | None = None) -> Evaluation:
     ev = Evaluation(classes, list(clients))
-    n = len(classes)
     global_weights = global_model.state_dict()
     for c in clients:
-        models = [("global", global_model)]
-        if personalize is not None:  # None: the personalized model is the global one
-            scratch.load_state_dict(global_weights)
-            models.append(("personal", personalize(scratch, c)))
-        for model_name, model in models:
-            for split in SPLITS:
-                sp = c.split(split)
-                cm = confusion(predict(model, sp.x, batch_size), sp.y, n) if len(sp) else np.zeros((n, n), np.int64)
-                ev.cms.setdefault((split, model_name), {})[c.cid] = cm
-                ev.scores.setdefault((split, model_name), {})[c.cid] = scores(cm, classes) if len(sp) else {
-                    "acc": float("nan"), "f1": float("nan")}
-        if personalize is None:
-            for split in SPLITS:
-                ev.cms.setdefault((split, "personal"), {})[c.cid] = ev.cms[(split, "global")][c.cid]
-                ev.scores.setdefault((split, "personal"), {})[c.cid] = ev.scores[(split, "global")][c.cid]
+        add_client(ev, c, client_confusions(global_model, scratch, global_weights, c, len(classes), personalize,
+                                            batch_size))
         if on_client:
             on_client(c.cid)
     return ev

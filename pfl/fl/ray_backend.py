@@ -14,11 +14,12 @@ nodes must have pfl installed in the same environment.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -50,20 +51,38 @@ class _Worker:
 
         torch.set_num_threads(threads)
         quiet_lightning()  # unpickling skips ClientTrainer.__init__, where the driver did this
-        self.strategy, model_factory = payload
-        self.model: nn.Module = model_factory()
+        self.strategy, self.model_factory = payload
+        self.model: nn.Module = self.model_factory()
+        self.global_model: nn.Module | None = None
         self.clients: dict[str, Client] = {}
 
-    def update(self, cid: str, client_ref: list, global_weights: dict[str, torch.Tensor],
-               state: dict[str, Any], rnd: int) -> Update:
+    def _client(self, cid: str, client_ref: list) -> Client:
         import ray
 
         client = self.clients.get(cid)
         if client is None:
-            # The reference arrives wrapped in a list so Ray does not fetch it for every call.
             client = self.clients[cid] = ray.get(client_ref[0])
+        return client
+
+    def update(self, cid: str, client_ref: list, global_weights: dict[str, torch.Tensor],
+               state: dict[str, Any], rnd: int) -> Update:
         self.model.load_state_dict(global_weights)
-        return self.strategy.local_update(self.model, client, state, rnd)
+        return self.strategy.local_update(self.model, self._client(cid, client_ref), state, rnd)
+
+    def evaluate(self, cid: str, client_ref: list, global_weights: dict[str, torch.Tensor],
+                 state: dict[str, Any] | None, rnd: int, n_classes: int, batch_size: int) -> dict:
+        from pfl.fl.evaluate import client_confusions
+
+        client = self._client(cid, client_ref)
+        if self.global_model is None:
+            self.global_model = self.model_factory()
+        self.global_model.load_state_dict(global_weights)
+        personalize = None
+        if state is not None:
+            def personalize(model: nn.Module, c: Client) -> nn.Module:
+                return self.strategy.personalize(model, c, state, rnd)
+        return client_confusions(self.global_model, self.model, global_weights, client, n_classes, personalize,
+                                 batch_size)
 
     def pid(self) -> int:
         return os.getpid()
@@ -102,7 +121,7 @@ class RayBackend(Backend):
         self.started_ray = False
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _init_ray(self) -> None:
+    def _init_ray(self, data_bytes: int) -> None:
         ray = self.ray
         if ray.is_initialized():
             return
@@ -112,25 +131,27 @@ class RayBackend(Backend):
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
-                # An object store of a fixed, modest size: Ray's default (30% of RAM) is far more
-                # than client tensors and weights need.
-                ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=256 * 1024 ** 2, **kwargs)
+                # Room for the clients' tensors and a round's weights, not Ray's default 30% of RAM.
+                store = max(256 * 2 ** 20, 2 * data_bytes + 128 * 2 ** 20)
+                ray.init(num_cpus=len(os.sched_getaffinity(0)), object_store_memory=store, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"federation.ray_address={self.address!r}" if self.address else "a local Ray instance"
             raise PflError(f"could not start or reach {where}: {str(e).splitlines()[0][:300]}") from None
         self.started_ray = True
 
-    def start(self, strategy, model_factory, n_clients: int) -> None:
+    def start(self, server) -> None:
         """Start Ray (unless running) and the actors; called on the first round."""
         ray = self.ray
-        self._init_ray()
+        clients = {c.cid: c for c in [*server.train_clients, *server.eval_clients]}
+        data = sum(s.x.element_size() * s.x.numel() for c in clients.values() for s in (c.train, c.val, c.test))
+        self._init_ray(data)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = self.workers or max(1, cpus // self.threads)
-        n = max(1, min(n, n_clients))
+        n = max(1, min(n, len(clients)))
         if self.threads * n > cpus:
             log.warning("ray: %d workers x %d threads exceed the cluster's %d CPUs; some wait", n, self.threads, cpus)
         actor = ray.remote(num_cpus=self.threads)(_Worker)
-        payload = ray.put((strategy, model_factory))
+        payload = ray.put((server.strategy, server.model_factory))
         self.actors = [actor.remote(payload, self.threads) for _ in range(n)]
         self._finalizer = weakref.finalize(self, _kill, list(self.actors))
         log.info("ray backend: %d workers x %d threads (cluster CPUs: %d)", n, self.threads, cpus)
@@ -142,42 +163,74 @@ class RayBackend(Backend):
         self.actors, self._client_refs = [], {}
 
     # -- one round ---------------------------------------------------------------------------
-    def local_updates(self, server, work: nn.Module, clients: Sequence[Client],
-                      global_weights: dict[str, torch.Tensor], states: dict[str, dict[str, Any]],
-                      rnd: int) -> Iterator[Update]:
+    def _ref(self, client: Client) -> list:
+        if client.cid not in self._client_refs:
+            self._client_refs[client.cid] = self.ray.put(client)
+        # Wrapped in a list so Ray hands the worker the reference, not a fresh copy per call.
+        return [self._client_refs[client.cid]]
+
+    def _in_order(self, calls: Sequence[Callable[[Any], Any]], sizes: Sequence[int]) -> Iterator[Any]:
+        """Run calls[i](actor) on idle actors, largest first; yield the results in call order."""
         ray = self.ray
-        if not self.actors:
-            self.start(server.strategy, server.model_factory, len(server.train_clients))
-        for c in clients:
-            if c.cid not in self._client_refs:
-                self._client_refs[c.cid] = ray.put(c)
-        weights_ref = ray.put(global_weights)
-        # Largest clients first: the round ends when the last worker does.
-        pending = deque(sorted(range(len(clients)), key=lambda i: -len(clients[i].train)))
+        pending = deque(sorted(range(len(calls)), key=lambda i: -sizes[i]))
         idle = list(self.actors)
-        running: dict[Any, int] = {}
-        owner: dict[Any, Any] = {}
-        done_updates: dict[int, Update] = {}
+        running: dict[Any, tuple[int, Any]] = {}
+        done: dict[int, Any] = {}
         next_i = 0
-        while next_i < len(clients):
+        while next_i < len(calls):
             while idle and pending:
                 i = pending.popleft()
-                a = idle.pop()
-                c = clients[i]
-                ref = a.update.remote(c.cid, [self._client_refs[c.cid]], weights_ref, states[c.cid], rnd)
-                running[ref], owner[ref] = i, a
+                actor = idle.pop()
+                running[calls[i](actor)] = (i, actor)
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
-                i = running.pop(ref)
-                idle.append(owner.pop(ref))
+                i, actor = running.pop(ref)
+                idle.append(actor)
                 try:
-                    done_updates[i] = ray.get(ref)
+                    done[i] = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
                     # A user-fixable error reads as one line, as it would from the serial backend.
                     if isinstance(getattr(e, "cause", None), PflError):
                         raise e.cause from None
                     raise
-            while next_i in done_updates:
-                yield done_updates.pop(next_i)
-                server._emit("on_client_end", rnd, clients[next_i].cid)
+            while next_i in done:
+                yield done.pop(next_i)
                 next_i += 1
+
+    def local_updates(self, server, work: nn.Module, clients: Sequence[Client],
+                      global_weights: dict[str, torch.Tensor], states: dict[str, dict[str, Any]],
+                      rnd: int) -> Iterator[Update]:
+        if not self.actors:
+            self.start(server)
+        weights = self.ray.put(global_weights)
+        calls = [functools.partial(_call_update, c.cid, self._ref(c), weights, states[c.cid], rnd) for c in clients]
+        for c, update in zip(clients, self._in_order(calls, [len(c.train) for c in clients]), strict=True):
+            yield update
+            server._emit("on_client_end", rnd, c.cid)
+
+    def evaluate(self, server, global_model: nn.Module, state, rnd: int):
+        """The round's evaluation (personalization included), clients in parallel actors."""
+        from pfl.fl.evaluate import Evaluation, add_client
+
+        if not self.actors:
+            self.start(server)
+        clients = server.eval_clients
+        weights = self.ray.put(global_model.state_dict())
+        personalizes = bool(server.strategy.personalizes)
+        calls = [functools.partial(_call_evaluate, c.cid, self._ref(c), weights,
+                                   state.client_states[c.cid] if personalizes else None, rnd, len(server.classes),
+                                   server.eval_batch_size) for c in clients]
+        sizes = [len(c.train) * personalizes + len(c.val) + len(c.test) for c in clients]
+        ev = Evaluation(server.classes, list(clients))
+        for c, cms in zip(clients, self._in_order(calls, sizes), strict=True):
+            add_client(ev, c, cms)
+            server._emit("on_client_end", rnd, c.cid)
+        return ev
+
+
+def _call_update(cid, ref, weights, state, rnd, actor):
+    return actor.update.remote(cid, ref, weights, state, rnd)
+
+
+def _call_evaluate(cid, ref, weights, state, rnd, n_classes, batch_size, actor):
+    return actor.evaluate.remote(cid, ref, weights, state, rnd, n_classes, batch_size)

@@ -27,7 +27,11 @@ class DivergenceError(PflError):
 
 
 class Backend:
-    """Runs one round's local updates; results come back in the order of `clients`."""
+    """Runs one round's local updates; results come back in the order of `clients`.
+
+    A backend may also define `evaluate(server, global_model, state, rnd) -> Evaluation` to run
+    the round's evaluation itself (pfl.fl.ray_backend does); otherwise the server evaluates.
+    """
 
     def local_updates(self, server: Server, work: nn.Module, clients: Sequence[Client],
                       global_weights: dict[str, torch.Tensor], states: dict[str, dict[str, Any]],
@@ -90,6 +94,13 @@ class Server:
             raise ConfigError("federation.clients_per_round", clients_per_round,
                               f"an integer in [1, {n}] (the number of training clients) or null for all")
         self.clients_per_round = clients_per_round or n
+        # The number dropped is the same every round, so a dropout that leaves nobody is known now.
+        k = self.clients_per_round
+        if int(round(dropout * k)) >= k:
+            raise ConfigError("federation.dropout", dropout,
+                              f"a fraction that leaves at least one of the {k} clients sampled per round "
+                              f"(round({dropout} * {k}) = {int(round(dropout * k))} would drop them all)",
+                              hint="Lower federation.dropout or raise federation.clients_per_round")
         self.callbacks = list(callbacks)
         self.backend = backend or SerialBackend()
         for c in self.train_clients:
@@ -171,6 +182,9 @@ class Server:
         return result
 
     def evaluate(self, global_model: nn.Module, scratch: nn.Module, state: ServerState, rnd: int) -> Evaluation:
+        parallel = getattr(self.backend, "evaluate", None)  # a backend may evaluate clients in parallel
+        if parallel is not None:
+            return parallel(self, global_model, state, rnd)
         personalize = None
         if self.strategy.personalizes:
             def personalize(model: nn.Module, client: Client) -> nn.Module:

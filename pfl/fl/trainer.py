@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Iterable
@@ -28,6 +29,35 @@ def quiet_lightning() -> None:
         ".*treespec.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+@functools.cache
+def _callback_factories(group: str) -> tuple:
+    from importlib.metadata import entry_points
+
+    return tuple(entry_points(group=group))
+
+
+def _external_callbacks(group: str) -> list:
+    """Lightning's external-callback loader with the entry-point scan done once per process.
+
+    Lightning re-reads the metadata of every installed distribution on each Trainer(); with one
+    Trainer per local fit that scan was most of a fit's fixed cost (see BENCHMARKS.md). The
+    factories are still called for every Trainer, as Lightning does.
+    """
+    callbacks: list = []
+    for factory in _callback_factories(group):
+        made = factory.load()()
+        callbacks.extend(made if isinstance(made, list) else [made])
+    return callbacks
+
+
+def cache_callback_discovery() -> None:
+    from pytorch_lightning.trainer.connectors import callback_connector
+
+    # Only where Lightning still has the hook we replace; otherwise its own loader stays.
+    if callable(getattr(callback_connector, "_load_external_callbacks", None)):
+        callback_connector._load_external_callbacks = _external_callbacks
 
 
 class LocalModule(pl.LightningModule):
@@ -61,13 +91,14 @@ class LocalModule(pl.LightningModule):
 class ClientTrainer:
     """Builds a Lightning Trainer per local fit from the `trainer` config.
 
-    A Trainer holds loop state tied to one fit, so it is built per fit; construction costs
-    about a millisecond and is measured in `make bench`.
+    A Trainer holds loop state tied to one fit, so it is built per fit; what that costs is
+    measured in `make bench` (per-client fixed costs).
     """
 
     def __init__(self, accelerator: str = "cpu", devices: int | str = 1, precision: str = "32-true",
                  deterministic: bool = True, gradient_clip_val: float | None = None, **_: object):
         quiet_lightning()
+        cache_callback_discovery()
         self.kwargs = dict(
             accelerator=accelerator, devices=devices, precision=precision, deterministic=deterministic,
             gradient_clip_val=gradient_clip_val,

@@ -1,0 +1,1201 @@
+"""`make bench`: where pfl spends its time, each figure beside its reference, in one run.
+
+    python -m pfl.bench                     # every section, real MIT-BIH data; writes BENCHMARKS.md
+    python -m pfl.bench --only overhead,ray --repeats 5
+    python -m pfl.bench --quick             # tiny synthetic smoke version (seconds)
+    python -m pfl.bench --list
+
+Sections (run in this order; `--only` / `--skip` take their names):
+  data       cold build of the beat cache for all records vs a warm load
+  threads    torch intra-op threads and evaluation batch size on the training step / inference
+  fixed      per-client fixed costs: Trainer construction, a fit's overhead, loader start-up,
+             evaluation, MLflow logging, ledger hashing
+  overhead   N rounds of pfl (Lightning, server loop, evaluation, MLflow, ledger, checkpoints)
+             vs a plain PyTorch loop doing the same math on the same data, same process
+  strategies time per round of none / finetune / perfedavg FO and HF with the reference settings
+             (seed_phase3), the extrapolated end-to-end study, and the ledger's share of a round
+  scaling    time per round and peak RSS vs clients (per-patient and Dirichlet) and vs beats
+  memory     peak RSS of experiment=patient_specific (few rounds)
+  ray        federation.backend=ray vs serial on this machine, and the equivalence of metrics
+
+Results go to a Markdown report (default BENCHMARKS.md at the repository root) and a JSON file
+(default outputs/bench/results.json). `--only` merges its sections into an existing JSON from
+the same machine and re-renders the whole report. Runs that need their own peak RSS or a clean
+process (strategies, scaling, memory, ray) are subprocesses of this module (`--worker`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MARK = "@@PFL-BENCH@@"
+SECTIONS = ("data", "threads", "fixed", "overhead", "strategies", "scaling", "memory", "ray")
+REFERENCE_MIN_PER_STRATEGY = (5.0, 7.0)  # the reference study's wall time per strategy, CPU
+STUDY_ROUNDS = 20
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass
+class Opts:
+    quick: bool = False
+    repeats: int = 3
+    rounds: int = 2
+    sections: tuple[str, ...] = SECTIONS
+    data_dir: Path | None = None
+    cache_dir: Path = REPO / "outputs" / "cache" / "beats"
+    report: Path = REPO / "BENCHMARKS.md"
+    results: Path = REPO / "outputs" / "bench" / "results.json"
+    work: Path = REPO / "outputs" / "bench" / "work"
+    threads: int | None = None
+    timeout: int = 900
+
+    @property
+    def ref(self) -> list[str]:
+        """The reference study's settings (seed_phase3), or a tiny synthetic stand-in."""
+        if self.quick:
+            return ["partition=patient", "model=cnn", "federation.local_epochs=1", "federation.batch_size=16"]
+        if (REPO / "conf" / "experiment" / "seed_phase3.yaml").is_file():
+            return ["experiment=seed_phase3"]
+        return ["partition=hospitals", "model=cnn_lstm", "federation.local_epochs=5", "federation.batch_size=32",
+                "federation.optimizer.lr=0.001"]
+
+    def base(self, root: Path) -> list[str]:
+        out = [f"data.root={self.data_dir}", f"data.cache_dir={self.cache_dir}", f"paths.root_dir={root}",
+               "data.download=false", "trainer.progress=false"]
+        if self.threads:
+            out.append(f"trainer.threads={self.threads}")
+        return out
+
+
+def _default_data_dir() -> Path | None:
+    env = os.environ.get("PFL_DATA_DIR")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "mitdb", REPO / "data" / "mitdb"]:
+        if (cand / "RECORDS").is_file():
+            return cand
+    return None
+
+
+def _synthetic_db(dest: Path) -> Path:
+    """The 6-record synthetic database of the test suite (tests/synth.py), for --quick."""
+    if (dest / "RECORDS").is_file():
+        return dest
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        import synth
+    except ImportError as e:
+        raise SystemExit(f"--quick without --data-dir needs tests/synth.py from the repository: {e}") from None
+    finally:
+        sys.path.pop(0)
+    return synth.write_synthetic_db(dest)
+
+
+# --------------------------------------------------------------------------- config and runs
+
+
+def compose_cfg(overrides: Sequence[str]):
+    from hydra import compose, initialize_config_dir
+
+    from pfl.cli import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+class Recorder:
+    """Timestamps of the server's hooks and the time each callback spends in each hook."""
+
+    def __init__(self):
+        self.callback_s: dict[str, float] = defaultdict(float)
+        self.rounds: list[dict[str, Any]] = []
+        self.run_start: float | None = None
+        self.run_end: float | None = None
+
+    def emit(self, server, hook: str, *args) -> None:
+        t = time.perf_counter()
+        if hook == "on_round_start":
+            self.rounds.append({"rnd": args[0], "start": t, "n_train": len(args[1]), "client_ends": []})
+        elif hook == "on_client_end" and self.rounds:
+            self.rounds[-1]["client_ends"].append(t)
+        elif hook == "on_run_start":
+            self.run_start = t
+        for cb in server.callbacks:
+            t1 = time.perf_counter()
+            getattr(cb, hook)(*args)
+            self.callback_s[f"{type(cb).__name__}.{hook}"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        if hook == "on_round_end":
+            r = self.rounds[-1]
+            r.update(end=t, cb_end=t2, rss_mb=rss_mb(), server_seconds=args[0].seconds)
+        elif hook == "on_run_end":
+            self.run_end = t2
+
+    def round_rows(self) -> list[dict[str, float]]:
+        rows = []
+        for r in self.rounds:
+            if "end" not in r:
+                continue
+            ends = r["client_ends"]
+            train_end = ends[r["n_train"] - 1] if len(ends) >= r["n_train"] else r["end"]
+            rows.append({"round": r["rnd"], "wall_s": r["cb_end"] - r["start"], "train_s": train_end - r["start"],
+                         "eval_s": r["end"] - train_end, "callbacks_s": r["cb_end"] - r["end"],
+                         "rss_mb": r["rss_mb"], "clients": r["n_train"]})
+        return rows
+
+
+@contextlib.contextmanager
+def instrument() -> Iterator[Recorder]:
+    from pfl.fl import server as srv
+
+    rec = Recorder()
+    original = srv.Server._emit
+    srv.Server._emit = lambda self, hook, *args: rec.emit(self, hook, *args)
+    try:
+        yield rec
+    finally:
+        srv.Server._emit = original
+
+
+_ROOTS = iter(range(10 ** 9))
+
+
+def fresh_root(opts: Opts, name: str) -> Path:
+    """An empty output tree never used before in this process: MLflow keeps a database engine
+    per store URI, so a store deleted and re-created under the same path breaks it."""
+    root = opts.work / "runs" / f"{name}-{next(_ROOTS)}"
+    shutil.rmtree(root, ignore_errors=True)
+    return root
+
+
+def run_pfl(overrides: Sequence[str]) -> dict[str, Any]:
+    """One pfl.run.train in this process, instrumented; its phases in seconds."""
+    from rich.console import Console
+
+    from pfl.run import train
+
+    cfg = compose_cfg(overrides)
+    with instrument() as rec:
+        t0 = time.perf_counter()
+        result = train(cfg, console=Console(file=io.StringIO()))
+        t1 = time.perf_counter()
+    rows = rec.round_rows()
+    last = rec.rounds[-1]["cb_end"] if rec.rounds else t0
+    return {
+        "total_s": t1 - t0,
+        "setup_s": (rec.run_start or t0) - t0,
+        "rounds": rows,
+        "finalize_s": t1 - last,
+        "callbacks_s": dict(rec.callback_s),
+        "metrics": result.metrics,
+        "weights": result.global_weights,
+        "train_loss": [h["train_loss"] for h in result.history],
+    }
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out = run_pfl(spec["overrides"])
+    out.pop("weights")
+    metrics = out.pop("metrics")
+    keep = spec.get("metrics") or []
+    out["metrics"] = {k: metrics[k] for k in keep if k in metrics}
+    out["all_metrics_digest"] = _digest_metrics(metrics)
+    out["wall_in_process_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["rss_end_mb"] = rss_mb()
+    return out
+
+
+def _digest_metrics(metrics: dict[str, float]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps({k: repr(v) for k, v in sorted(metrics.items()) if k != "round_seconds"},
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def run_worker(overrides: Sequence[str], opts: Opts, metrics: Sequence[str] = (), subprocess_always: bool = False
+               ) -> dict[str, Any]:
+    """pfl.run.train in a fresh interpreter: its own peak RSS and no state from earlier runs.
+
+    --quick runs it in this process instead (a smoke test of the code path, not a measurement).
+    """
+    spec = json.dumps({"overrides": list(overrides), "metrics": list(metrics)})
+    t0 = time.perf_counter()
+    if opts.quick and not subprocess_always:
+        out = json.loads(json.dumps(_worker(json.loads(spec)), default=float))
+        out["process_wall_s"] = time.perf_counter() - t0
+        return out
+    proc = subprocess.run([sys.executable, "-m", "pfl.bench", "--worker", spec], capture_output=True, text=True,
+                          timeout=opts.timeout, cwd=str(REPO))
+    wall = time.perf_counter() - t0
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"bench worker failed ({' '.join(overrides)}):\n{proc.stderr[-3000:]}")
+    out = json.loads(line[len(MARK):])
+    out["process_wall_s"] = wall
+    return out
+
+
+def per_round(out: dict[str, Any], key: str = "wall_s", skip_first: bool = False) -> float:
+    rows = out["rounds"][1:] if skip_first and len(out["rounds"]) > 1 else out["rounds"]
+    return median([r[key] for r in rows])
+
+
+# --------------------------------------------------------------------------- the plain loop
+
+
+@dataclass
+class PlainResult:
+    weights: dict[str, Any]
+    cms: dict[tuple[str, str], Any]  # (cid, split) -> confusion matrix (torch int64)
+    train_loss: list[float]
+    total_s: float = 0.0
+    setup_s: float = 0.0
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+    def scores(self) -> dict[str, float]:
+        """client.<cid>.<split>.global.<acc|f1>, read off the confusion matrices."""
+        import numpy as np
+
+        out = {}
+        for (cid, split), cm in self.cms.items():
+            cm = cm.numpy().astype(np.float64)
+            if cm.sum() == 0:
+                continue
+            tp = np.diag(cm)
+            fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+            present = cm.sum(1) > 0
+            f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+            out[f"client.{cid}.{split}.global.acc"] = float(tp.sum() / cm.sum())
+            out[f"client.{cid}.{split}.global.f1"] = float(f1[present].mean())
+        return out
+
+
+def plain_federated(cfg) -> PlainResult:
+    """FedAvg (strategy=none) as a minimal PyTorch loop: the compute floor pfl is measured against.
+
+    Same data pipeline, model, seeds, batches (BatchLoader), optimizer, epochs, aggregation and
+    evaluation as pfl's server with SerialBackend; no Lightning, callbacks, tracking or
+    checkpoints. With the same thread count it reproduces pfl's weights bit for bit.
+    """
+    import hydra
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from pfl import config as cfgmod
+    from pfl.data.mitdb import load_beats
+    from pfl.data.partitions import build_federation
+    from pfl.fl.batches import BatchLoader, derive_seed
+
+    t0 = time.perf_counter()
+    cfgmod.prepare(cfg)
+    if cfg.strategy.name != "none" or cfg.mode != "federated":
+        raise ValueError("the plain loop implements federated FedAvg (strategy=none) only")
+    f = cfg.federation
+    if f.clients_per_round is not None or f.dropout:
+        raise ValueError("the plain loop trains every client every round")
+    torch.set_num_threads(cfg.trainer.get("threads") or os.cpu_count() or 1)
+    torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic))
+    fed = build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
+    clients, seed, n_cls = fed.training_clients, int(cfg.seed), len(fed.classes)
+    optimizer = hydra.utils.instantiate(f.optimizer)
+    torch.manual_seed(derive_seed(seed, "init"))
+    model = hydra.utils.instantiate(cfg.model)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    work = hydra.utils.instantiate(cfg.model)
+    setup = time.perf_counter() - t0
+    losses, rows, cms = [], [], {}
+    for rnd in range(1, f.rounds + 1):
+        t_round = time.perf_counter()
+        updates = []
+        for c in clients:
+            work.load_state_dict(weights)
+            torch.manual_seed(derive_seed(seed, rnd, c.cid, "local", "torch"))
+            opt = optimizer(work.parameters())
+            loader = BatchLoader(c.train, f.batch_size, seed=derive_seed(seed, rnd, c.cid, "local", "batches"))
+            work.train()
+            loss_sum, seen = torch.zeros(()), 0
+            for _ in range(f.local_epochs):
+                for x, y in loader:
+                    loss = F.cross_entropy(work(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    loss_sum = loss_sum + loss.detach() * len(y)
+                    seen += len(y)
+            updates.append(({k: v.detach().clone() for k, v in work.state_dict().items()}, len(c.train),
+                            float(loss_sum / max(seen, 1))))
+        total = float(sum(n for _, n, _ in updates))
+        new = {}
+        for k, first in updates[0][0].items():
+            if not torch.is_floating_point(first):
+                new[k] = first.clone()
+                continue
+            acc = torch.zeros_like(first, dtype=torch.float64)
+            for w, n, _ in updates:
+                acc += w[k].to(torch.float64) * (n / total)
+            new[k] = acc.to(first.dtype)
+        weights = new
+        losses.append(float(np.average([u[2] for u in updates], weights=[u[1] for u in updates])))
+        t_eval = time.perf_counter()
+        if rnd % f.eval_every == 0 or rnd == f.rounds:
+            model.load_state_dict(weights)
+            model.eval()
+            with torch.inference_mode():
+                for c in fed.clients:
+                    for split in ("val", "test"):
+                        sp = c.split(split)
+                        pred = torch.cat([model(sp.x[i:i + f.eval_batch_size]).argmax(1)
+                                          for i in range(0, len(sp), f.eval_batch_size)] or [torch.zeros(0).long()])
+                        cms[(c.cid, split)] = torch.bincount(sp.y * n_cls + pred, minlength=n_cls * n_cls
+                                                             ).reshape(n_cls, n_cls)
+        t_end = time.perf_counter()
+        rows.append({"round": rnd, "wall_s": t_end - t_round, "train_s": t_eval - t_round, "eval_s": t_end - t_eval})
+    return PlainResult(weights, cms, losses, time.perf_counter() - t0, setup, rows)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def bench_data(opts: Opts) -> dict[str, Any]:
+    """Cold build of the beat cache for every record in the database, then warm loads."""
+    from pfl.data.mitdb import load_beats
+
+    cold_dir = opts.work / "cache_cold"
+    overrides = [f"data.root={opts.data_dir}", f"data.cache_dir={cold_dir}", "data.download=false"]
+    if not opts.quick:
+        overrides.append("data.exclude_paced=false")  # all 48 records
+    cfg = compose_cfg(overrides)
+    cold, warm = [], []
+    beats = None
+    for i in range(max(1, opts.repeats - 1) if not opts.quick else 1):
+        shutil.rmtree(cold_dir, ignore_errors=True)
+        t = time.perf_counter()
+        beats = load_beats(cfg.data)
+        cold.append(time.perf_counter() - t)
+        log(f"data: cold build {i + 1}: {cold[-1]:.2f}s")
+    for _ in range(max(3, opts.repeats + 2)):
+        t = time.perf_counter()
+        load_beats(cfg.data)
+        warm.append(time.perf_counter() - t)
+    size = sum(p.stat().st_size for p in cold_dir.rglob("*.npz"))
+    shutil.rmtree(cold_dir, ignore_errors=True)
+    # Setup steps after loading, on the reference partition: partition build and its digest.
+    from pfl.data.partitions import build_federation
+
+    ref = compose_cfg(opts.ref + opts.base(opts.work / "ref"))
+    b = load_beats(ref.data)
+    t = time.perf_counter()
+    fed = build_federation(b, ref.partition, ref.seed)
+    t_part = time.perf_counter() - t
+    t = time.perf_counter()
+    fed.digest()
+    t_digest = time.perf_counter() - t
+    return {"records": len(beats.records), "beats": len(beats), "cache_mb": size / 2 ** 20,
+            "cold_s": cold, "warm_s": warm, "cold_median_s": median(cold), "warm_median_s": median(warm),
+            "partition": str(ref.partition.name), "partition_build_s": t_part, "partition_digest_s": t_digest}
+
+
+_STEP_SNIPPET = """
+import json, sys, time, torch
+import torch.nn.functional as F
+from pfl.models import CNNLSTM, SmallCNN
+torch.set_num_threads(int(sys.argv[2]))
+m = {"cnn": SmallCNN, "cnn_lstm": CNNLSTM}[sys.argv[1]]()
+opt = torch.optim.Adam(m.parameters(), 1e-3)
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(32, 1, 256, generator=g), torch.randint(0, 5, (32,), generator=g)
+n = int(sys.argv[3])
+ts = []
+for i in range(n + 2):
+    t = time.perf_counter()
+    opt.zero_grad(); F.cross_entropy(m(x), y).backward(); opt.step()
+    ts.append(time.perf_counter() - t)
+ts = sorted(ts[2:])
+print(json.dumps(ts[len(ts) // 2]))
+"""
+
+
+def _step_subprocess(model: str, threads: int, steps: int, env: dict[str, str]) -> float:
+    """Median step time in a fresh interpreter: OpenMP reads its settings when it loads."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    proc = subprocess.run([sys.executable, "-c", _STEP_SNIPPET, model, str(threads), str(steps)],
+                          capture_output=True, text=True, env={**base, **env}, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_threads(opts: Opts) -> dict[str, Any]:
+    """Training step and inference at 1..cores threads, OpenMP's wait policy, eval batch size."""
+    import torch
+
+    from pfl.models import CNNLSTM, SmallCNN
+
+    cores = len(os.sched_getaffinity(0))
+    threads = [1] if opts.quick else sorted({1, cores})
+    g = torch.Generator().manual_seed(0)
+    n_eval = 512 if opts.quick else 4096
+    xe = torch.randn(n_eval, 1, 256, generator=g)
+    steps = 3 if opts.quick else 20
+    before = torch.get_num_threads()
+    out: dict[str, Any] = {"cores": cores, "step_ms": {}, "infer_us_per_beat": {}, "wait_policy_step_ms": {}}
+    models = {"cnn": SmallCNN} if opts.quick else {"cnn": SmallCNN, "cnn_lstm": CNNLSTM}
+    policies = {"default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    for name, cls in models.items():
+        for th in threads:
+            for pol, env in policies.items():
+                if th == 1 and pol != "default":
+                    continue  # one thread never waits for another
+                key = f"{name}@{th}" + ("" if pol == "default" else f" {pol}")
+                out["step_ms"][key] = 1000 * median([_step_subprocess(name, th, steps, env)
+                                                     for _ in range(max(1, opts.repeats - 1))])
+            torch.set_num_threads(th)
+            for bs in (256, 1024, 4096):
+                if bs > n_eval:
+                    continue
+                m = cls().eval()
+                times = []
+                with torch.inference_mode():
+                    m(xe[:bs])
+                    for _ in range(max(1, opts.repeats - 1)):
+                        t = time.perf_counter()
+                        for i in range(0, n_eval, bs):
+                            m(xe[i:i + bs])
+                        times.append((time.perf_counter() - t) / n_eval * 1e6)
+                out["infer_us_per_beat"][f"{name}@{th}/bs{bs}"] = median(times)
+        log(f"threads: {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in out["step_ms"].items()
+                                              if k.startswith(name + "@")))
+    torch.set_num_threads(before)
+    return out
+
+
+def bench_fixed(opts: Opts) -> dict[str, Any]:
+    """Per-client fixed costs, each against the work it wraps."""
+    import functools as ft
+
+    import pytorch_lightning as pl
+    import torch
+    import torch.nn.functional as F
+
+    from pfl.data.types import Split
+    from pfl.fl.batches import BatchLoader
+    from pfl.fl.trainer import ClientTrainer, LocalModule
+    from pfl.ledger import weights_digest
+    from pfl.metrics import confusion, predict
+    from pfl.models import CNNLSTM, SmallCNN
+
+    torch.set_num_threads(opts.threads or os.cpu_count() or 1)
+    reps = 5 if opts.quick else 30
+    out: dict[str, Any] = {}
+    ct = ClientTrainer()
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, **ct.kwargs)
+        t.append(time.perf_counter() - t0)
+    out["trainer_construction_ms"] = 1000 * median(t)
+
+    class Tiny(torch.nn.Module):  # compute-free: what is left is the framework
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(256, 5)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1))
+
+    opt = ft.partial(torch.optim.Adam, lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    n_steps = 20 if opts.quick else 200
+    big = Split(torch.randn(32 * n_steps, 1, 256, generator=g), torch.randint(0, 5, (32 * n_steps,), generator=g))
+    one = Split(big.x[:32], big.y[:32])
+
+    def plain_fit(model, split):
+        o = opt(model.parameters())
+        model.train()
+        for xb, yb in BatchLoader(split, 32, seed=1):
+            loss = F.cross_entropy(model(xb), yb)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+
+    def light_fit(model, split):
+        ct.fit(LocalModule(model, opt), BatchLoader(split, 32, seed=1), epochs=1)
+
+    res = {}
+    for name, fn in (("plain", plain_fit), ("lightning", light_fit)):
+        fn(Tiny(), one)
+        m = Tiny()
+        res[f"{name}_1step"] = median([_timed(fn, m, one) for _ in range(reps)])
+        res[f"{name}_{n_steps}steps"] = median([_timed(fn, m, big) for _ in range(max(2, opts.repeats))])
+    out["fit_fixed_ms"] = 1000 * (res["lightning_1step"] - res["plain_1step"])
+    out["per_step_overhead_ms"] = 1000 * ((res[f"lightning_{n_steps}steps"] - res["lightning_1step"])
+                                          - (res[f"plain_{n_steps}steps"] - res["plain_1step"])) / (n_steps - 1)
+    out["fit_raw_s"] = res
+    # Loader start-up: BatchLoader vs torch's DataLoader over a TensorDataset, first batch and epoch.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def first(it):
+        t0 = time.perf_counter()
+        next(iter(it))
+        return time.perf_counter() - t0
+
+    def epoch(it):
+        t0 = time.perf_counter()
+        for _ in it:
+            pass
+        return time.perf_counter() - t0
+
+    bl = BatchLoader(big, 32, seed=1)
+    dl = DataLoader(TensorDataset(big.x, big.y), batch_size=32, shuffle=True,
+                    generator=torch.Generator().manual_seed(1))
+    out["loader_first_batch_ms"] = {"BatchLoader": 1000 * median([first(bl) for _ in range(reps)]),
+                                    "DataLoader": 1000 * median([first(dl) for _ in range(reps)])}
+    out["loader_epoch_ms"] = {"BatchLoader": 1000 * median([epoch(bl) for _ in range(3)]),
+                              "DataLoader": 1000 * median([epoch(dl) for _ in range(3)]),
+                              "batches": len(bl)}
+    # Evaluation of one client's split: fixed part (a 1-beat split) and per beat.
+    model = SmallCNN().eval()
+    small = Split(big.x[:1], big.y[:1])
+
+    def ev(split):
+        t0 = time.perf_counter()
+        confusion(predict(model, split.x, 4096), split.y, 5)
+        return time.perf_counter() - t0
+
+    out["eval_fixed_ms"] = 1000 * median([ev(small) for _ in range(reps)])
+    # MLflow: one round's metrics into a fresh SQLite store; cost per call and per metric.
+    out.update(_bench_mlflow(opts, reps))
+    # Ledger: one SHA-256 digest of the reference model's weights.
+    w = CNNLSTM().state_dict()
+    out["weights_digest_ms"] = 1000 * median([_timed(weights_digest, w) for _ in range(reps)])
+    out["weights_mb"] = sum(t.numel() * t.element_size() for t in w.values()) / 2 ** 20
+    return out
+
+
+def _timed(fn: Callable, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def _bench_mlflow(opts: Opts, reps: int) -> dict[str, Any]:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    d = Path(tempfile.mkdtemp(dir=opts.work))
+    try:
+        uri = f"sqlite:///{d / 'mlflow.db'}"
+        t0 = time.perf_counter()
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.create_experiment("bench")
+        run = client.create_run(exp)
+        t_store = time.perf_counter() - t0
+        out = {"mlflow_new_store_s": t_store}
+        for n in (10, 100, 500):
+            times = []
+            for step in range(max(3, reps // 3)):
+                ms = [Metric(f"client.c{i}.test.global.acc", 0.5, 0, step) for i in range(n)]
+                t = time.perf_counter()
+                client.log_batch(run.info.run_id, metrics=ms)
+                times.append(time.perf_counter() - t)
+            out[f"mlflow_log_{n}_metrics_ms"] = 1000 * median(times)
+        out["mlflow_per_metric_ms"] = (out["mlflow_log_500_metrics_ms"] - out["mlflow_log_10_metrics_ms"]) / 490
+        return out
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def bench_overhead(opts: Opts) -> dict[str, Any]:
+    """pfl's full run vs the plain loop, interleaved, same process, same data and threads."""
+    out: dict[str, Any] = {}
+    variants = {"reference model": [], "small model (cnn)": ["model=cnn"]}
+    if opts.quick:
+        variants = {"small model (cnn)": ["model=cnn"]}
+    for label, extra in variants.items():
+        root = fresh_root(opts, "overhead")
+        rounds = opts.rounds
+        common = opts.ref + opts.base(root) + ["strategy=none", f"federation.rounds={rounds}",
+                                                "federation.local_epochs=1", *extra]
+        pfl_over = common + [f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+        # Warm-up: imports, the first Lightning fit, a fresh MLflow store's schema migration.
+        t = time.perf_counter()
+        run_pfl(pfl_over + ["federation.rounds=1"])
+        first_run = time.perf_counter() - t
+        plain_federated(compose_cfg(common + ["federation.rounds=1"]))
+        pfl_runs, plain_runs = [], []
+        identical = True
+        for i in range(opts.repeats):
+            p = run_pfl(pfl_over)
+            q = plain_federated(compose_cfg(common))
+            same = same_weights(p["weights"], q.weights)
+            scores = q.scores()
+            same = same and all(p["metrics"].get(k) == v for k, v in scores.items()) and p["train_loss"] == q.train_loss
+            identical = identical and same
+            p.pop("weights")
+            p.pop("metrics")
+            pfl_runs.append(p)
+            plain_runs.append({"total_s": q.total_s, "setup_s": q.setup_s, "rounds": q.rounds})
+            log(f"overhead [{label}] {i + 1}/{opts.repeats}: pfl {p['total_s']:.2f}s plain {q.total_s:.2f}s "
+                f"(identical: {same})")
+        loop = lambda r: sum(x["wall_s"] for x in r["rounds"])  # noqa: E731
+        pt, qt = median([r["total_s"] for r in pfl_runs]), median([r["total_s"] for r in plain_runs])
+        pl_, ql = median([loop(r) for r in pfl_runs]), median([loop(r) for r in plain_runs])
+        cb = defaultdict(list)
+        for r in pfl_runs:
+            for k, v in r["callbacks_s"].items():
+                cb[k].append(v)
+        out[label] = {
+            "overrides": common, "rounds": rounds, "identical": identical, "first_run_s": first_run,
+            "pfl_total_s": [r["total_s"] for r in pfl_runs], "plain_total_s": [r["total_s"] for r in plain_runs],
+            "pfl_total_median_s": pt, "plain_total_median_s": qt, "ratio_total": pt / qt,
+            "pfl_rounds_median_s": pl_, "plain_rounds_median_s": ql, "ratio_rounds": pl_ / ql,
+            "pfl_setup_median_s": median([r["setup_s"] for r in pfl_runs]),
+            "plain_setup_median_s": median([r["setup_s"] for r in plain_runs]),
+            "pfl_finalize_median_s": median([r["finalize_s"] for r in pfl_runs]),
+            "pfl_train_median_s": median([sum(x["train_s"] for x in r["rounds"]) for r in pfl_runs]),
+            "plain_train_median_s": median([sum(x["train_s"] for x in r["rounds"]) for r in plain_runs]),
+            "pfl_eval_median_s": median([sum(x["eval_s"] for x in r["rounds"]) for r in pfl_runs]),
+            "plain_eval_median_s": median([sum(x["eval_s"] for x in r["rounds"]) for r in plain_runs]),
+            "callbacks_median_s": {k: median(v) for k, v in cb.items()},
+        }
+    return out
+
+
+STRATEGIES = {"none": ["strategy=none"], "finetune": ["strategy=finetune"],
+              "perfedavg-fo": ["strategy=perfedavg", "variant=fo"], "perfedavg-hf": ["strategy=perfedavg", "variant=hf"]}
+
+
+def bench_strategies(opts: Opts) -> dict[str, Any]:
+    """Reference settings (seed_phase3) for a few rounds per strategy, each in a fresh process."""
+    out: dict[str, Any] = {"settings": opts.ref, "rounds": opts.rounds, "runs": {}}
+    chosen = {k: v for k, v in STRATEGIES.items() if not opts.quick or k in ("none", "perfedavg-fo")}
+    for name, extra in chosen.items():
+        root = fresh_root(opts, f"strategy-{name}")
+        r = run_worker(opts.ref + opts.base(root) + extra + [f"federation.rounds={opts.rounds}"], opts)
+        out["runs"][name] = r
+        log(f"strategies: {name}: {per_round(r):.1f}s/round, process {r['process_wall_s']:.1f}s")
+    none = per_round(out["runs"]["none"])
+    for r in out["runs"].values():
+        r["round_median_s"] = per_round(r)
+        r["ratio_vs_none"] = r["round_median_s"] / none
+        ledger = r["callbacks_s"].get("Ledger.on_round_end", 0.0) / max(len(r["rounds"]), 1)
+        r["ledger_per_round_s"] = ledger
+        r["ledger_share"] = ledger / r["round_median_s"]
+        # The study: process start-up and setup once, 20 rounds, the end-of-run artifacts.
+        fixed = r["process_wall_s"] - sum(x["wall_s"] for x in r["rounds"])
+        r["fixed_s"] = fixed
+        r["study_extrapolated_s"] = fixed + STUDY_ROUNDS * r["round_median_s"]
+    study = [s for s in ("none", "finetune", "perfedavg-fo") if s in out["runs"]]
+    out["study_strategies"] = study
+    out["seed_phase3_extrapolated_s"] = sum(out["runs"][s]["study_extrapolated_s"] for s in study)
+    return out
+
+
+def bench_scaling(opts: Opts) -> dict[str, Any]:
+    """Clients and beats, with the small model so the framework's own costs are not hidden."""
+    from pfl.data.mitdb import load_beats
+
+    cfg = compose_cfg(opts.base(opts.work / "x"))
+    records = sorted(load_beats(cfg.data).records)
+    counts = [2, 6] if opts.quick else [3, 11, 22, 44]
+    counts = [n for n in counts if n <= len(records)]
+    common = ["partition=patient", "model=cnn", "strategy=none", "federation.local_epochs=1",
+              "federation.batch_size=32", f"federation.rounds={opts.rounds}"]
+    out: dict[str, Any] = {"settings": common, "clients": {}, "beats": {}, "dirichlet": {}}
+
+    def go(key: str, label: Any, extra: list[str]) -> None:
+        root = fresh_root(opts, f"scaling-{key}")
+        r = run_worker(opts.base(root) + common + extra, opts)
+        row = {"round_s": per_round(r), "train_s": per_round(r, "train_s"), "eval_s": per_round(r, "eval_s"),
+               "callbacks_s": per_round(r, "callbacks_s"), "peak_rss_mb": r["peak_rss_mb"],
+               "setup_s": r["setup_s"], "clients": r["rounds"][0]["clients"],
+               "rss_per_round_mb": [x["rss_mb"] for x in r["rounds"]],
+               "mlflow_round_s": r["callbacks_s"].get("MlflowTracker.on_round_end", 0.0) / len(r["rounds"]),
+               "ledger_round_s": r["callbacks_s"].get("Ledger.on_round_end", 0.0) / len(r["rounds"])}
+        row["train_beats"] = _train_beats(opts.base(root) + common + extra)
+        out[key][str(label)] = row
+        log(f"scaling {key}={label}: {row['round_s']:.2f}s/round ({row['train_beats']} training beats), "
+            f"peak {row['peak_rss_mb']:.0f} MB")
+
+    for n in counts:
+        recs = "[" + ",".join(f"'{r}'" for r in records[:n]) + "]"
+        go("clients", n, [f"partition.records={recs}"])
+    for minutes in ([1] if opts.quick else [1.25, 2.5, 5, 10]):
+        go("beats", minutes, [f"partition.train_minutes={minutes}"])
+    n_dir = 8 if opts.quick else 300
+    go("dirichlet", n_dir, ["partition=dirichlet", f"partition.n_clients={n_dir}", "partition.max_beats=null",
+                            f"partition.min_samples={20 if opts.quick else 100}"])
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _train_beats_cached(key: str) -> int:
+    from pfl.data.mitdb import load_beats
+    from pfl.data.partitions import build_federation
+
+    cfg = compose_cfg(json.loads(key))
+    fed = build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
+    return sum(len(c.train) for c in fed.training_clients)
+
+
+def _train_beats(overrides: list[str]) -> int:
+    return _train_beats_cached(json.dumps(overrides))
+
+
+def bench_memory(opts: Opts) -> dict[str, Any]:
+    """Peak RSS of the patient-specific study's run (a few rounds), in a fresh process."""
+    if opts.quick:
+        over = ["partition=patient", "model=cnn", "federation.local_epochs=1"]
+    elif (REPO / "conf" / "experiment" / "patient_specific.yaml").is_file():
+        over = ["experiment=patient_specific", "federation.local_epochs=1"]
+    else:
+        over = ["partition=patient", "model=cnn_lstm", "federation.local_epochs=1", "federation.batch_size=32"]
+    root = fresh_root(opts, "memory")
+    over = over + opts.base(root) + ["strategy=finetune", f"federation.rounds={opts.rounds}"]
+    r = run_worker(over, opts, subprocess_always=True)
+    log(f"memory: peak {r['peak_rss_mb']:.0f} MB, {per_round(r):.1f}s/round")
+    return {"overrides": over, "peak_rss_mb": r["peak_rss_mb"], "rss_per_round_mb": [x["rss_mb"] for x in r["rounds"]],
+            "round_s": per_round(r), "train_s": per_round(r, "train_s"), "eval_s": per_round(r, "eval_s"),
+            "setup_s": r["setup_s"], "clients": r["rounds"][0]["clients"], "process_wall_s": r["process_wall_s"]}
+
+
+def bench_ray(opts: Opts) -> dict[str, Any]:
+    """Serial (default threads, and 1 thread) vs Ray workers of 1 thread, same config."""
+    try:
+        import ray
+    except ImportError:
+        return {"skipped": 'ray is not installed (pip install "pfl[ray]")'}
+    cores = len(os.sched_getaffinity(0))
+    cases = {"hospitals, reference model": opts.ref + ["federation.local_epochs=2"]} if not opts.quick else {}
+    cases["per-patient clients, small model"] = ["partition=patient", "model=cnn", "federation.local_epochs=1",
+                                                 "federation.batch_size=32"]
+    out: dict[str, Any] = {"cores": cores, "ray_version": ray.__version__, "cases": {}}
+    keep = ["test.global.acc.mean", "test.global.f1.mean"]
+    rounds = max(2, opts.rounds)
+    for label, case in cases.items():
+        res = {}
+        variants = {f"serial, {cores} threads": [f"trainer.threads={cores}"], "serial, 1 thread": ["trainer.threads=1"],
+                    f"ray, {cores} workers x 1 thread": ["trainer.threads=1", "federation.backend=ray"]}
+        for name, extra in variants.items():
+            root = fresh_root(opts, "ray")
+            over = [o for o in opts.base(root) if not o.startswith("trainer.threads")]
+            r = run_worker(over + case + ["strategy=none", "logger=none", f"federation.rounds={rounds}"] + extra,
+                           opts, metrics=keep)
+            res[name] = {"round1_s": r["rounds"][0]["wall_s"], "round_steady_s": per_round(r, skip_first=True),
+                         "train_steady_s": per_round(r, "train_s", skip_first=True),
+                         "eval_steady_s": per_round(r, "eval_s", skip_first=True),
+                         "process_wall_s": r["process_wall_s"], "digest": r["all_metrics_digest"],
+                         "metrics": r["metrics"]}
+            log(f"ray [{label}] {name}: steady {res[name]['round_steady_s']:.2f}s/round, "
+                f"first {res[name]['round1_s']:.2f}s")
+        names = list(variants)
+        serial_default, serial_1, ray_ = (res[n] for n in names)
+        out["cases"][label] = {
+            "overrides": case, "rounds": rounds, "variants": res,
+            "speedup_vs_serial_default": serial_default["round_steady_s"] / ray_["round_steady_s"],
+            "speedup_vs_serial_1thread": serial_1["round_steady_s"] / ray_["round_steady_s"],
+            "train_speedup_vs_serial_default": serial_default["train_steady_s"] / ray_["train_steady_s"],
+            "startup_s": ray_["round1_s"] - ray_["round_steady_s"],
+            "identical_to_serial_1thread": serial_1["digest"] == ray_["digest"],
+        }
+    return out
+
+
+RUNNERS: dict[str, Callable[[Opts], dict[str, Any]]] = {
+    "data": bench_data, "threads": bench_threads, "fixed": bench_fixed, "overhead": bench_overhead,
+    "strategies": bench_strategies, "scaling": bench_scaling, "memory": bench_memory, "ray": bench_ray,
+}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    import pytorch_lightning as pl
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "torch": torch.__version__, "lightning": pl.__version__,
+                            "cpu_count": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+                            "torch_threads_default": torch.get_num_threads()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["ram_gb"] = round(int(line.split()[1]) / 2 ** 20, 1)
+    for mod in ("mlflow", "ray"):
+        with contextlib.suppress(ImportError):
+            info[mod] = __import__(mod).__version__
+    from pfl.tracking import git_commit
+
+    info["git_commit"] = git_commit()
+    return info
+
+
+def _f(x: Any, nd: int = 2) -> str:
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def render(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`python -m pfl.bench{' --quick' if res.get('quick') else ''}`) on "
+        f"{res['finished']}; {res['wall_s'] / 60:.1f} min in all. Medians of {res['repeats']} repeats unless "
+        "stated. Regenerate with `make bench`; one section with `make bench ARGS='--only overhead'`.",
+        "",
+        f"**Machine**: {m.get('cpu', '?')}, {m['cores_usable']} usable cores ({m['cpu_count']} online), "
+        f"{m.get('ram_gb', '?')} GB RAM; {m['platform']}; Python {m['python']}, torch {m['torch']}, "
+        f"Lightning {m['lightning']}, MLflow {m.get('mlflow', '-')}, Ray {m.get('ray', 'not installed')}; "
+        f"git {m['git_commit'][:10]}. Load average at start / end: {res['load_start']} / {res['load_end']} "
+        "(other processes on the machine inflate every figure).",
+        "",
+    ]
+    if res.get("quick"):
+        lines += ["**Quick mode**: tiny synthetic data and settings. These numbers only show that the code "
+                  "paths run; they say nothing about performance.", ""]
+    s = res["sections"]
+    if "overhead" in s:
+        lines += _md_overhead(s["overhead"]["result"])
+    if "strategies" in s:
+        lines += _md_strategies(s["strategies"]["result"])
+    if "scaling" in s:
+        lines += _md_scaling(s["scaling"]["result"])
+    if "fixed" in s:
+        lines += _md_fixed(s["fixed"]["result"])
+    if "data" in s:
+        lines += _md_data(s["data"]["result"])
+    if "memory" in s:
+        lines += _md_memory(s["memory"]["result"], s.get("scaling", {}).get("result"))
+    if "ray" in s:
+        lines += _md_ray(s["ray"]["result"])
+    if "threads" in s:
+        lines += _md_threads(s["threads"]["result"])
+    lines += ["## Sections run", "", "| section | when | seconds |", "|---|---|---:|"]
+    for name in SECTIONS:
+        if name in s:
+            lines.append(f"| {name} | {s[name]['when']} | {s[name]['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _md_overhead(o: dict[str, Any]) -> list[str]:
+    out = ["## 1. Framework overhead: pfl vs a plain PyTorch loop", "",
+           "Same process, same data, model, seeds, batches (`BatchLoader`), optimizer, epochs, FedAvg and "
+           "evaluation; runs interleaved. pfl = `pfl.run.train`: Lightning client training, server loop, "
+           "evaluation, MLflow (SQLite store in a temp dir), ledger and checkpoints (progress display off). "
+           "Target: at most 1.10x.", "",
+           "| model | rounds | pfl total s | plain total s | ratio | pfl rounds s | plain rounds s | ratio (rounds) "
+           "| pfl setup / end s | plain setup s | same weights and metrics |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for label, r in o.items():
+        out.append(f"| {label} | {r['rounds']} | {r['pfl_total_median_s']:.2f} | {r['plain_total_median_s']:.2f} | "
+                   f"**{r['ratio_total']:.3f}x** | {r['pfl_rounds_median_s']:.2f} | {r['plain_rounds_median_s']:.2f} | "
+                   f"{r['ratio_rounds']:.3f}x | {r['pfl_setup_median_s']:.2f} / {r['pfl_finalize_median_s']:.2f} | "
+                   f"{r['plain_setup_median_s']:.2f} | {'yes' if r['identical'] else 'NO'} |")
+    out.append("")
+    for label, r in o.items():
+        cb = r["callbacks_median_s"]
+        top = sorted(cb.items(), key=lambda kv: -kv[1])[:4]
+        out.append(f"- {label}: local training {r['pfl_train_median_s']:.2f}s vs {r['plain_train_median_s']:.2f}s, "
+                   f"aggregation + evaluation {r['pfl_eval_median_s']:.2f}s vs {r['plain_eval_median_s']:.2f}s; "
+                   "callbacks: " + ", ".join(f"{k} {v:.3f}s" for k, v in top)
+                   + f". Settings: `{' '.join(x for x in r['overrides'] if not x.startswith(('data.', 'paths.')))}`.")
+    out.append("")
+    return out
+
+
+def _md_strategies(o: dict[str, Any]) -> list[str]:
+    runs = o["runs"]
+    out = ["## 2. Strategy cost and 6. end to end (seed_phase3 settings)", "",
+           f"Settings: `{' '.join(o['settings'])}` (hospitals, CNN-LSTM, 5 local epochs, batch 32), "
+           f"{o['rounds']} rounds per strategy, each in a fresh process with MLflow logging; median round.", "",
+           "| strategy | s / round | vs none | train s | eval + personalize s | callbacks s | ledger share "
+           "| fixed s (start-up, setup, artifacts) | 20-round run, extrapolated |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in runs.items():
+        out.append(f"| {name} | {r['round_median_s']:.2f} | {r['ratio_vs_none']:.2f}x | {per_round(r, 'train_s'):.2f} | "
+                   f"{per_round(r, 'eval_s'):.2f} | {per_round(r, 'callbacks_s'):.3f} | {100 * r['ledger_share']:.3f}% | "
+                   f"{r['fixed_s']:.1f} | {r['study_extrapolated_s'] / 60:.1f} min |")
+    tot = o["seed_phase3_extrapolated_s"]
+    lo, hi = REFERENCE_MIN_PER_STRATEGY
+    out += ["", f"**End to end**: `experiment=seed_phase3` (none, finetune, perfedavg FO; 20 rounds x 5 local "
+            f"epochs) is **extrapolated**, not run: per strategy, the measured fixed cost plus 20 x its median "
+            f"round = {tot / 60:.1f} min for the three ({tot / 180:.1f} min per strategy on average) against the "
+            f"reference study's {lo:.0f} to {hi:.0f} min per strategy ({3 * lo:.0f} to {3 * hi:.0f} min). The "
+            "full study does not fit the 20-minute budget of `make bench`; run it with "
+            "`pfl experiment=seed_phase3` to time it directly.",
+            "", "**Ledger**: hashing every round (weights before and after, each client's update, fsync) takes "
+            "the share of the round shown above; target < 2%.", ""]
+    return out
+
+
+def _md_scaling(o: dict[str, Any]) -> list[str]:
+    out = ["## 3. Scaling", "", f"Settings: `{' '.join(o['settings'])}`, MLflow on, each point a fresh process "
+           "(its own peak RSS). Model `cnn` keeps the compute small so that per-client costs show.", "",
+           "| clients | partition | training beats | s / round | train s | eval s | callbacks s | ms / client "
+           "| µs / training beat | peak RSS MB |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, label in (("clients", "patient"), ("beats", "patient, train_minutes={}"), ("dirichlet", "dirichlet")):
+        for k, r in o[key].items():
+            part = label.format(k) if "{}" in label else label
+            out.append(f"| {r['clients']} | {part} | {r['train_beats']} | {r['round_s']:.2f} | {r['train_s']:.2f} | "
+                       f"{r['eval_s']:.2f} | {r['callbacks_s']:.3f} | {1000 * r['round_s'] / r['clients']:.1f} | "
+                       f"{1e6 * r['train_s'] / max(r['train_beats'], 1):.0f} | {r['peak_rss_mb']:.0f} |")
+    fit = _linear_fit([(r["clients"], r["round_s"]) for r in o["clients"].values()])
+    if fit:
+        out += ["", f"Round time vs clients (per-patient): {fit[0]:.2f}s + {1000 * fit[1]:.1f} ms x clients "
+                f"(least squares over {len(o['clients'])} points)."]
+    fitb = _linear_fit([(r["train_beats"], r["train_s"]) for r in o["beats"].values()])
+    if fitb:
+        out += [f"Training time vs training beats (44 clients): {fitb[0]:.2f}s + {1e6 * fitb[1]:.0f} µs x beats."]
+    out.append("")
+    return out
+
+
+def _linear_fit(pts: list[tuple[float, float]]) -> tuple[float, float] | None:
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx, my = sum(p[0] for p in pts) / n, sum(p[1] for p in pts) / n
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    if sxx == 0:
+        return None
+    b = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+    return my - b * mx, b
+
+
+def _md_fixed(o: dict[str, Any]) -> list[str]:
+    lf, ll = o["loader_first_batch_ms"], o["loader_epoch_ms"]
+    return ["## Per-client fixed costs", "",
+            "| cost | measured | what it is against |", "|---|---:|---|",
+            f"| Lightning Trainer construction | {o['trainer_construction_ms']:.2f} ms | once per local fit |",
+            f"| a Lightning fit's fixed overhead (1-step fit minus a plain step) | {o['fit_fixed_ms']:.2f} ms | "
+            "once per local fit and per personalization fit |",
+            f"| Lightning per-step overhead (hooks, closures) | {o['per_step_overhead_ms']:.3f} ms | per optimizer "
+            "step; see the threads table for the step itself |",
+            f"| BatchLoader first batch / one epoch ({ll['batches']} batches) | {lf['BatchLoader']:.3f} ms / "
+            f"{ll['BatchLoader']:.1f} ms | torch DataLoader(TensorDataset): {lf['DataLoader']:.3f} ms / "
+            f"{ll['DataLoader']:.1f} ms |",
+            f"| evaluating one client split, fixed part | {o['eval_fixed_ms']:.2f} ms | per client, split and model |",
+            f"| MLflow log_batch, 10 / 100 / 500 metrics | {o['mlflow_log_10_metrics_ms']:.1f} / "
+            f"{o['mlflow_log_100_metrics_ms']:.1f} / {o['mlflow_log_500_metrics_ms']:.1f} ms | per round; "
+            f"{o['mlflow_per_metric_ms']:.3f} ms per metric, 8 per client (split x model x acc/f1) |",
+            f"| a new SQLite MLflow store (schema creation) | {o['mlflow_new_store_s']:.2f} s | once per store |",
+            f"| ledger: SHA-256 of the CNN-LSTM weights ({o['weights_mb']:.2f} MB) | {o['weights_digest_ms']:.2f} ms "
+            "| 2 + clients digests per round |", ""]
+
+
+def _md_data(o: dict[str, Any]) -> list[str]:
+    return ["## 4. Data", "",
+            "| step | median s | runs | note |", "|---|---:|---|---|",
+            f"| cold build of the beat cache ({o['records']} records, {o['beats']} beats, {o['cache_mb']:.0f} MB) | "
+            f"{o['cold_median_s']:.2f} | {', '.join(f'{x:.2f}' for x in o['cold_s'])} | read WFDB, filter, "
+            "segment, write .npz (source files in the OS page cache after the first run) |",
+            f"| warm load (all records from the cache) | **{o['warm_median_s']:.3f}** | "
+            f"{', '.join(f'{x:.3f}' for x in o['warm_s'])} | target well under 2 s |",
+            f"| build partition `{o['partition']}` | {o['partition_build_s']:.3f} | 1 | |",
+            f"| partition digest (checkpoint / ledger identity) | {o['partition_digest_s']:.3f} | 1 | |", ""]
+
+
+def _md_memory(o: dict[str, Any], scaling: dict[str, Any] | None) -> list[str]:
+    out = ["## 5. Memory", "",
+           f"`{' '.join(x for x in o['overrides'] if not x.startswith(('data.', 'paths.')))}` "
+           f"({o['clients']} clients) in a fresh process: **peak RSS {o['peak_rss_mb']:.0f} MB** (target < 2048 MB); "
+           f"RSS after each round: {', '.join(f'{x:.0f}' for x in o['rss_per_round_mb'])} MB; "
+           f"{o['round_s']:.1f}s per round (train {o['train_s']:.1f}s, evaluation + personalization "
+           f"{o['eval_s']:.1f}s) with 1 local epoch instead of 5."]
+    if scaling:
+        pts = [(r["clients"], r["peak_rss_mb"]) for k in ("clients", "dirichlet") for r in scaling[k].values()]
+        out.append("Peak RSS against clients (scaling runs, small model): "
+                   + ", ".join(f"{c} clients {m:.0f} MB" for c, m in sorted(pts)) + ".")
+    out.append("")
+    return out
+
+
+def _md_ray(o: dict[str, Any]) -> list[str]:
+    if "skipped" in o:
+        return ["## Ray backend", "", f"Skipped: {o['skipped']}.", ""]
+    out = ["## Ray backend (`federation.backend=ray`)", "",
+           f"Ray {o['ray_version']} on this machine ({o['cores']} cores): one actor per core with 1 torch thread "
+           "each, against the serial backend. Round 1 with Ray includes starting Ray and the actors; the steady "
+           "figure is the median of the later rounds. MLflow off.", "",
+           "| case | variant | round 1 s | steady s / round | train s | eval s |", "|---|---|---:|---:|---:|---:|"]
+    for label, c in o["cases"].items():
+        for name, v in c["variants"].items():
+            out.append(f"| {label} | {name} | {v['round1_s']:.2f} | {v['round_steady_s']:.2f} | "
+                       f"{v['train_steady_s']:.2f} | {v['eval_steady_s']:.2f} |")
+    out.append("")
+    for label, c in o["cases"].items():
+        out.append(f"- {label}: speed-up per round {c['speedup_vs_serial_default']:.2f}x vs serial with default "
+                   f"threads ({c['train_speedup_vs_serial_default']:.2f}x on local training alone), "
+                   f"{c['speedup_vs_serial_1thread']:.2f}x vs serial with 1 thread; Ray start-up about "
+                   f"{c['startup_s']:.1f}s once per run; metrics identical to serial with 1 thread: "
+                   f"{'yes' if c['identical_to_serial_1thread'] else 'NO'}.")
+    out.append("")
+    return out
+
+
+def _md_threads(o: dict[str, Any]) -> list[str]:
+    out = ["## Threads and evaluation batch size", "",
+           "One optimizer step (batch 32, median, each in a fresh interpreter) and inference per beat, plain "
+           "PyTorch. `PASSIVE`: `OMP_WAIT_POLICY=PASSIVE`, idle OpenMP threads sleep instead of spinning.", "",
+           "| model @ threads | step ms | inference µs / beat at batch 256 / 1024 / 4096 |", "|---|---:|---|"]
+    for key, ms in o["step_ms"].items():
+        inf = [o["infer_us_per_beat"].get(f"{key}/bs{bs}") for bs in (256, 1024, 4096)] if " " not in key else []
+        out.append(f"| {key} | {ms:.2f} | " + " / ".join("-" if v is None else f"{v:.0f}" for v in inf) + " |")
+    out.append("")
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m pfl.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny synthetic settings: a smoke test of every code path")
+    p.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3; quick 1)")
+    p.add_argument("--rounds", type=int, default=None, help="federated rounds per timed run (default 2; quick 1)")
+    p.add_argument("--threads", type=int, default=None, help="trainer.threads for pfl runs (default: config's)")
+    p.add_argument("--data-dir", type=Path, default=None, help="MIT-BIH directory (default: $PFL_DATA_DIR, "
+                   "../shared/data/mitdb); --quick: a synthetic database is written when omitted")
+    p.add_argument("--cache-dir", type=Path, default=None, help="beat cache for the timed runs")
+    p.add_argument("--report", type=Path, default=None, help="Markdown report (default BENCHMARKS.md)")
+    p.add_argument("--results", type=Path, default=None, help="JSON results (default outputs/bench/results.json)")
+    p.add_argument("--work", type=Path, default=None, help="scratch directory")
+    p.add_argument("--list", action="store_true", help="list the sections and exit")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    sel = [s for s in (a.only.split(",") if a.only else SECTIONS) if s]
+    bad = [s for s in sel + [s for s in a.skip.split(",") if s] if s not in SECTIONS]
+    if bad:
+        p.error(f"unknown section {bad[0]!r}; choose from {', '.join(SECTIONS)}")
+    skip = set(a.skip.split(","))
+    # --quick pins 1 thread: on a shared machine, idle OpenMP threads spinning against other
+    # processes make multi-threaded tiny runs many times slower (see the threads section).
+    threads = a.threads if a.threads is not None else (1 if a.quick else None)
+    o = Opts(quick=a.quick, sections=tuple(s for s in SECTIONS if s in sel and s not in skip), threads=threads)
+    o.repeats = a.repeats if a.repeats is not None else (1 if a.quick else 3)
+    o.rounds = a.rounds if a.rounds is not None else (1 if a.quick else 2)
+    if o.repeats < 1 or o.rounds < 1:
+        p.error("--repeats and --rounds must be >= 1")
+    if a.quick:
+        o.report = REPO / "outputs" / "bench" / "BENCHMARKS.quick.md"
+        o.results = REPO / "outputs" / "bench" / "results.quick.json"
+        o.work = REPO / "outputs" / "bench" / "work-quick"
+    o.report, o.results, o.work = a.report or o.report, a.results or o.results, a.work or o.work
+    o.work = o.work.resolve()
+    o.cache_dir = (a.cache_dir or (o.work / "cache" if a.quick else o.cache_dir)).resolve()
+    o.data_dir = a.data_dir.resolve() if a.data_dir else None
+    return o, a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts, a = parse(argv)
+    if a.worker is not None:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        out = _worker(json.loads(a.worker))
+        print(MARK + json.dumps(out, default=float), flush=True)
+        return 0
+    if a.list:
+        for name in SECTIONS:
+            doc = (RUNNERS[name].__doc__ or "").strip().splitlines()[0]
+            print(f"{name:11s} {doc}")
+        return 0
+    opts.work.mkdir(parents=True, exist_ok=True)
+    if opts.data_dir is None:
+        opts.data_dir = _synthetic_db(opts.work / "synthdb") if opts.quick else _default_data_dir()
+    if opts.data_dir is None:
+        print("error: no MIT-BIH data: set PFL_DATA_DIR or pass --data-dir (or use --quick for synthetic data)",
+              file=sys.stderr)
+        return 2
+    os.environ.setdefault("PFL_DATA_DIR", str(opts.data_dir))
+    import pfl  # noqa: F401  (config resolvers)
+
+    previous: dict[str, Any] = {}
+    if opts.results.is_file() and set(opts.sections) != set(SECTIONS):
+        with contextlib.suppress(ValueError, OSError):
+            previous = json.loads(opts.results.read_text())
+    mach = machine()
+    if previous.get("machine", {}).get("cpu") != mach.get("cpu") or previous.get("quick") != opts.quick:
+        previous = {}
+    res = {"machine": mach, "quick": opts.quick, "repeats": opts.repeats, "rounds": opts.rounds,
+           "data_dir": str(opts.data_dir), "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+           "sections": dict(previous.get("sections", {}))}
+    log(f"sections: {', '.join(opts.sections)}; data {opts.data_dir}; load {res['load_start']}")
+    t_all = time.perf_counter()
+    for name in opts.sections:
+        log(f"--- {name}")
+        t = time.perf_counter()
+        result = RUNNERS[name](opts)
+        res["sections"][name] = {"result": result, "seconds": time.perf_counter() - t,
+                                 "when": time.strftime("%Y-%m-%d %H:%M")}
+    res["wall_s"] = time.perf_counter() - t_all
+    res["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    opts.results.parent.mkdir(parents=True, exist_ok=True)
+    opts.results.write_text(json.dumps(res, indent=1, default=float))
+    opts.report.parent.mkdir(parents=True, exist_ok=True)
+    opts.report.write_text(render(res))
+    log(f"done in {res['wall_s'] / 60:.1f} min: {opts.report} and {opts.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""`pfl-report`: a study's MLflow runs as comparison tables (Markdown, CSV) and charts (PNG).
+
+    pfl-report [--experiment NAME] [--tracking-uri URI] [--out DIR] [--split test|val]
+
+Runs are grouped into arms: runs whose configs differ only in the seed (and in keys that do not
+change results: paths, logging, ...) form one arm, reported as mean ± sample std (ddof=1) over
+its seeds. A seed run more than once counts once, with its latest finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pfl.config import SHORTCUTS, VOLATILE
+from pfl.errors import PflError
+
+#: how strategies are called in the tables; others keep their registry name
+DISPLAY = {"none": "FedAvg", "finetune": "FedAvg+FT", "perfedavg": "Per-FedAvg"}
+_ORDER = ("none", "finetune", "perfedavg")
+_CLIENT_METRIC = re.compile(r"^client\.(?P<cid>.+)\.(?P<split>val|test)\.(?P<model>global|personal)\.(?P<m>acc|f1)$")
+# Params that never separate arms: they do not change results, or are the seed itself.
+_IGNORED = ("seed", "hydra", *(k for k in VOLATILE if k not in SHORTCUTS))
+
+
+def default_tracking_uri() -> str:
+    """The store `pfl` logs to by default: <PFL_ROOT_DIR or .>/outputs/mlflow.db."""
+    root = Path(os.environ.get("PFL_ROOT_DIR", "."))
+    return f"sqlite:///{(root / 'outputs' / 'mlflow.db').resolve()}"
+
+
+@dataclass
+class RunData:
+    run_id: str
+    name: str
+    seed: int
+    strategy: str
+    mode: str
+    start_time: int
+    seconds: float
+    params: dict[str, str]
+    metrics: dict[str, float]
+    clients: list[str]
+    unseen: set[str]
+
+
+@dataclass
+class Arm:
+    """Runs of one configuration over seeds."""
+
+    key: tuple
+    label: str
+    strategy: str
+    mode: str
+    extras: dict[str, str]
+    runs: list[RunData] = field(default_factory=list)
+    superseded: int = 0
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    def clients(self) -> list[str]:
+        order: dict[str, None] = {}
+        for r in self.runs:
+            order.update(dict.fromkeys(r.clients))
+        return list(order)
+
+    def unseen(self) -> set[str]:
+        return set().union(*(r.unseen for r in self.runs)) if self.runs else set()
+
+    def values(self, key: str) -> list[float]:
+        """The metric in each seed's run (nan where a run lacks it)."""
+        return [r.metrics.get(key, math.nan) for r in self.runs]
+
+    def delta(self, a: str, b: str) -> list[float]:
+        """Per seed a - b: the change is averaged over seeds, not taken between the means."""
+        return [x - y for x, y in zip(self.values(a), self.values(b), strict=True)]
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float  # sample std over seeds (ddof=1); nan for a single seed
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat:
+        v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+        if not len(v):
+            return cls(math.nan, math.nan, 0)
+        return cls(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
+
+    def fmt(self, signed: bool = False, scale: float = 100.0, digits: int = 2) -> str:
+        if self.n == 0:
+            return "-"
+        m = f"{scale * self.mean:{'+' if signed else ''}.{digits}f}"
+        return m if math.isnan(self.std) else f"{m} ± {scale * self.std:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs
+
+
+def _open(uri: str):
+    from pfl.tracking import open_client, sqlite_path
+
+    path = sqlite_path(uri)
+    if path is not None and not path.expanduser().exists():
+        raise PflError(f"--tracking-uri {uri!r}: no MLflow store at {path}; run a study first (make run) or pass "
+                       "the URI of the store your runs went to")
+    return open_client(uri)
+
+
+def _experiment(client, name: str | None):
+    if name is None:
+        runs = client.search_runs(_all_experiment_ids(client), max_results=1, order_by=["attributes.start_time DESC"])
+        if not runs:
+            raise PflError("the MLflow store has no runs yet; run a study first (make run)")
+        return client.get_experiment(runs[0].info.experiment_id)
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise PflError(f"--experiment {name!r}: no such MLflow experiment; the store has "
+                       + (", ".join(names) if names else "none") + " (a study's experiment is its `study` name)")
+    return exp
+
+
+def _all_experiment_ids(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def _search_all(client, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_runs(client, experiment) -> tuple[list[RunData], dict[str, int]]:
+    """Finished runs of the experiment, and how many runs there are per status."""
+    statuses: dict[str, int] = {}
+    out = []
+    for r in _search_all(client, experiment.experiment_id):
+        statuses[r.info.status] = statuses.get(r.info.status, 0) + 1
+        if r.info.status != "FINISHED":
+            continue
+        tags, params = r.data.tags, r.data.params
+        metrics = dict(r.data.metrics)
+        found = list(dict.fromkeys(m["cid"] for k in metrics if (m := _CLIENT_METRIC.match(k))))
+        tagged = [c for c in tags.get("clients", "").split(",") if c]
+        clients = [c for c in tagged if c in found] + sorted((c for c in found if c not in tagged), key=_natural)
+        seed = params.get("seed", tags.get("seed", "0"))
+        out.append(RunData(
+            run_id=r.info.run_id, name=r.info.run_name or r.info.run_id, seed=int(seed) if seed.isdigit() else 0,
+            strategy=params.get("strategy.name", tags.get("strategy", "?")),
+            mode=params.get("mode", tags.get("mode", "federated")),
+            start_time=r.info.start_time or 0,
+            seconds=((r.info.end_time or 0) - (r.info.start_time or 0)) / 1000.0,
+            params=dict(params), metrics=metrics, clients=clients,
+            unseen={c for c in tags.get("unseen_clients", "").split(",") if c},
+        ))
+    return out, statuses
+
+
+def _natural(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arms
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in _IGNORED)
+
+
+def group_runs(runs: Sequence[RunData]) -> list[Arm]:
+    keys = sorted({k for r in runs for k in r.params if not _ignored(k)})
+    varying = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+    arms: dict[tuple, Arm] = {}
+    for r in runs:
+        key = tuple((k, r.params.get(k)) for k in varying)
+        if key not in arms:
+            arms[key] = Arm(key, "", r.strategy, r.mode, {})
+        arms[key].runs.append(r)
+    _label(list(arms.values()), varying)
+    for arm in arms.values():
+        latest: dict[int, RunData] = {}
+        for r in sorted(arm.runs, key=lambda r: r.start_time):
+            latest[r.seed] = r
+        arm.superseded = len(arm.runs) - len(latest)
+        arm.runs = [latest[s] for s in sorted(latest)]
+    return sorted(arms.values(), key=_arm_order)
+
+
+def _base(arm: Arm) -> str:
+    name = DISPLAY.get(arm.strategy, arm.strategy)
+    return "Centralized" if arm.mode == "centralized" and arm.strategy == "none" else (
+        f"Centralized {name}" if arm.mode == "centralized" else name)
+
+
+def _short(key: str, value: str | None) -> tuple[str, str]:
+    if key.endswith("._target_"):
+        return key.removesuffix("._target_"), str(value).rsplit(".", 1)[-1]
+    if key.endswith(".name"):
+        return key.removesuffix(".name"), str(value)
+    return key, str(value)
+
+
+def _label(arms: list[Arm], varying: list[str]) -> None:
+    """Strategy (and mode) names each arm; the keys that still differ between arms of the same
+    strategy follow in parentheses, a config group's other keys hidden when its name differs."""
+    for arm in arms:
+        same = [a for a in arms if (a.strategy, a.mode) == (arm.strategy, arm.mode)]
+        keys = [k for k in varying if k not in ("mode", "strategy.name")
+                and len({dict(a.key).get(k) for a in same}) > 1]
+        named = {k.rsplit(".", 1)[0] for k in keys if k.endswith((".name", "._target_"))}
+        shown = [k for k in keys if k.endswith((".name", "._target_")) or k.rsplit(".", 1)[0] not in named]
+        extras = dict(_short(k, dict(arm.key).get(k)) for k in shown)
+        # Last key part where unambiguous: `alpha=0.01`, not `strategy.alpha=0.01`.
+        tails = [k.rsplit(".", 1)[-1] for k in extras]
+        arm.extras = {(k.rsplit(".", 1)[-1] if tails.count(k.rsplit(".", 1)[-1]) == 1 else k): v
+                      for k, v in extras.items()}
+        arm.label = _base(arm) + (f" ({', '.join(f'{k}={v}' for k, v in arm.extras.items())})" if arm.extras else "")
+    labels = [a.label for a in arms]
+    for arm in arms:  # hidden keys made two labels equal: show everything that differs
+        if labels.count(arm.label) > 1:
+            full = {k: v for k, v in arm.key if k not in ("mode", "strategy.name")}
+            arm.label = _base(arm) + f" ({', '.join(f'{k}={v}' for k, v in full.items())})"
+
+
+def _arm_order(arm: Arm):
+    return (arm.mode != "centralized", _ORDER.index(arm.strategy) if arm.strategy in _ORDER else len(_ORDER),
+            arm.strategy, arm.label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: each is a title, a header, rows of cells, and the raw numbers for its CSV.
+
+
+@dataclass
+class Table:
+    name: str  # file stem
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    csv_header: list[str]
+    csv_rows: list[list[object]]
+    notes: list[str] = field(default_factory=list)
+    text_columns: int = 1  # leading columns that hold names (left-aligned); the rest numbers
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "|" + "|".join("---" if i < self.text_columns else "---:" for i in range(len(self.header))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines + [""] + [f"{n}" for n in self.notes] + ([""] if self.notes else []))
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(self.csv_header)
+        for row in self.csv_rows:
+            w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+        return buf.getvalue()
+
+
+def _stat_cols(st: Stat) -> list[object]:
+    return [st.mean, st.std]
+
+
+def client_table(arms: Sequence[Arm], metric: str, split: str, number: int) -> Table:
+    """The study's Tables 1 (accuracy) and 2 (macro-F1): per arm and client, global vs
+    personalized and the change, over seeds."""
+    what = {"acc": "accuracy", "f1": "macro-F1"}[metric]
+    header = ["strategy", "client", f"global {what} (%)", f"personalized {what} (%)", "change (pp)", "seeds"]
+    csv_header = ["strategy", "client", "global_mean", "global_std", "personal_mean", "personal_std",
+                  "change_mean", "change_std", "seeds"]
+    rows, csv_rows = [], []
+    for arm in arms:
+        unseen = arm.unseen()
+        entries = [(c, f"client.{c}.{split}.global.{metric}", f"client.{c}.{split}.personal.{metric}")
+                   for c in arm.clients() if c not in unseen]
+        entries.append(("mean", f"{split}.global.{metric}.mean", f"{split}.personal.{metric}.mean"))
+        if unseen:
+            entries += [(f"{c} (unseen)", f"client.{c}.{split}.global.{metric}", f"client.{c}.{split}.personal.{metric}")
+                        for c in arm.clients() if c in unseen]
+            entries.append(("mean (unseen)", f"unseen.{split}.global.{metric}.mean",
+                            f"unseen.{split}.personal.{metric}.mean"))
+        for client, g, p in entries:
+            sg, sp, sd = Stat.of(arm.values(g)), Stat.of(arm.values(p)), Stat.of(arm.delta(p, g))
+            if sg.n == 0 and sp.n == 0:
+                continue
+            rows.append([arm.label, f"**{client}**" if client.startswith("mean") else client,
+                         sg.fmt(), sp.fmt(), sd.fmt(signed=True), str(max(sg.n, sp.n))])
+            csv_rows.append([arm.label, client, *_stat_cols(sg), *_stat_cols(sp), *_stat_cols(sd), max(sg.n, sp.n)])
+    return Table(f"table{number}_{'accuracy' if metric == 'acc' else 'macro_f1'}",
+                 f"Table {number}: {split} {what} per client, global vs personalized model", header, rows,
+                 csv_header, csv_rows, text_columns=2)
+
+
+def _summary_metrics(arms: Sequence[Arm], split: str) -> list[tuple[str, str | tuple[str, str], float]]:
+    """(label, metric key or (a, b) for the per-seed change a - b, scale)."""
+    s = split
+    out: list[tuple[str, str | tuple[str, str], float]] = [
+        ("accuracy, mean over clients: global (%)", f"{s}.global.acc.mean", 100),
+        ("accuracy, mean over clients: personalized (%)", f"{s}.personal.acc.mean", 100),
+        ("accuracy, worst client: personalized (%)", f"{s}.personal.acc.worst", 100),
+        ("macro-F1, mean over clients: global (%)", f"{s}.global.f1.mean", 100),
+        ("macro-F1, mean over clients: personalized (%)", f"{s}.personal.f1.mean", 100),
+        ("macro-F1 change, personalized - global (pp)", (f"{s}.personal.f1.mean", f"{s}.global.f1.mean"), 100),
+        ("macro-F1, worst client: global (%)", f"{s}.global.f1.worst", 100),
+        ("macro-F1, worst client: personalized (%)", f"{s}.personal.f1.worst", 100),
+        ("macro-F1, std across clients: global (pp)", f"{s}.global.f1.std", 100),
+        ("macro-F1, std across clients: personalized (pp)", f"{s}.personal.f1.std", 100),
+        ("macro-F1, pooled over clients: global (%)", f"{s}.global.f1.pooled", 100),
+        ("macro-F1, pooled over clients: personalized (%)", f"{s}.personal.f1.pooled", 100),
+    ]
+    if any(a.unseen() for a in arms):
+        out += [
+            ("unseen clients: macro-F1, mean: global (%)", f"unseen.{s}.global.f1.mean", 100),
+            ("unseen clients: macro-F1, mean: personalized (%)", f"unseen.{s}.personal.f1.mean", 100),
+            ("unseen clients: macro-F1, worst client: personalized (%)", f"unseen.{s}.personal.f1.worst", 100),
+            ("unseen clients: macro-F1, pooled: personalized (%)", f"unseen.{s}.personal.f1.pooled", 100),
+        ]
+    out.append(("run time (min)", "__seconds__", 1 / 60))
+    return out
+
+
+def _arm_values(arm: Arm, key: str | tuple[str, str]) -> list[float]:
+    if key == "__seconds__":
+        return [r.seconds for r in arm.runs]
+    if isinstance(key, tuple):
+        return arm.delta(*key)
+    return arm.values(key)
+
+
+def summary_table(arms: Sequence[Arm], split: str) -> Table:
+    """Strategies (columns) x metrics (rows), mean ± std over seeds."""
+    header = ["metric (" + split + ")"] + [f"{a.label} (n={len(a.runs)})" for a in arms]
+    rows, csv_rows = [], []
+    for label, key, scale in _summary_metrics(arms, split):
+        stats = [Stat.of(_arm_values(a, key)) for a in arms]
+        if all(st.n == 0 for st in stats):
+            continue
+        signed = isinstance(key, tuple)
+        rows.append([label] + [st.fmt(signed=signed, scale=scale, digits=1 if key == "__seconds__" else 2)
+                               for st in stats])
+        for a, st in zip(arms, stats, strict=True):
+            csv_rows.append([label, key if isinstance(key, str) else f"{key[0]} - {key[1]}", a.label,
+                             st.mean, st.std, st.n])
+    return Table("summary", f"Summary: strategies x {split} metrics", header, rows,
+                 ["metric", "key", "strategy", "mean", "std", "seeds"], csv_rows)
+
+
+def centralized_table(arms: Sequence[Arm], split: str) -> Table | None:
+    """Centralized training vs FedAvg: arms that differ only in `mode`, per client, the global model."""
+    pairs = []
+    for c in (a for a in arms if a.mode == "centralized" and a.strategy == "none"):
+        for f in (a for a in arms if a.mode == "federated" and a.strategy == "none"):
+            if {k: v for k, v in c.key if k != "mode"} == {k: v for k, v in f.key if k != "mode"}:
+                pairs.append((c, f))
+    if not pairs:
+        return None
+    header = ["comparison", "client", "metric", "centralized (%)", "FedAvg (%)", "FedAvg - centralized (pp)"]
+    csv_header = ["centralized", "fedavg", "client", "metric", "centralized_mean", "centralized_std",
+                  "fedavg_mean", "fedavg_std", "change_mean", "change_std"]
+    rows, csv_rows = [], []
+    for c, f in pairs:
+        title = c.label.replace("Centralized", "Centralized vs FedAvg", 1)
+        unseen = c.unseen() | f.unseen()
+        clients = [x for x in dict.fromkeys(c.clients() + f.clients()) if x not in unseen]
+        for metric in ("acc", "f1"):
+            entries = [(x, f"client.{x}.{split}.global.{metric}") for x in clients]
+            entries += [(agg, f"{split}.global.{metric}.{agg}") for agg in ("mean", "worst", "pooled")]
+            for client, key in entries:
+                # Seeds pair up only if both arms ran them; the change is taken per shared seed.
+                shared = sorted(set(c.seeds) & set(f.seeds))
+                cv = {r.seed: r.metrics.get(key, math.nan) for r in c.runs}
+                fv = {r.seed: r.metrics.get(key, math.nan) for r in f.runs}
+                sc, sf = Stat.of(cv.values()), Stat.of(fv.values())
+                sd = Stat.of(fv[s] - cv[s] for s in shared)
+                if sc.n == 0 and sf.n == 0:
+                    continue
+                name = f"**{client}**" if client in ("mean", "worst", "pooled") else client
+                rows.append([title, name, "accuracy" if metric == "acc" else "macro-F1", sc.fmt(), sf.fmt(),
+                             sd.fmt(signed=True)])
+                csv_rows.append([c.label, f.label, client, metric, *_stat_cols(sc), *_stat_cols(sf),
+                                 *_stat_cols(sd)])
+    return Table("centralized_vs_fedavg", f"Centralized vs FedAvg ({split}, global model)", header, rows,
+                 csv_header, csv_rows, text_columns=3)
+
+
+def runs_table(arms: Sequence[Arm], split: str) -> Table:
+    """Every run the report used, with its headline numbers: the audit trail of the tables."""
+    keys = [f"{split}.global.acc.mean", f"{split}.personal.acc.mean", f"{split}.global.f1.mean",
+            f"{split}.personal.f1.mean"]
+    header = ["strategy", "seed", "run", "run id", *keys]
+    rows, csv_rows = [], []
+    for a in arms:
+        for r in a.runs:
+            vals = [r.metrics.get(k, math.nan) for k in keys]
+            rows.append([a.label, str(r.seed), r.name, r.run_id,
+                         *("-" if math.isnan(v) else f"{100 * v:.2f}" for v in vals)])
+            csv_rows.append([a.label, r.seed, r.name, r.run_id, *vals])
+    return Table("runs", "Runs used", header, rows, header, csv_rows, text_columns=4)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build(client, experiment_name: str | None, split: str = "test") -> tuple[object, list[Arm], list[Table], list[str]]:
+    exp = _experiment(client, experiment_name)
+    runs, statuses = load_runs(client, exp)
+    if not runs:
+        have = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "no runs at all"
+        raise PflError(f"experiment {exp.name!r} has no finished runs ({have}); run the study first, or wait "
+                       "for its runs to finish")
+    arms = group_runs(runs)
+    notes = [f"Experiment `{exp.name}` (id {exp.experiment_id}): {len(runs)} finished runs in {len(arms)} arms"
+             + "".join(f", {n} {s.lower()} (left out)" for s, n in sorted(statuses.items()) if s != "FINISHED")
+             + ".",
+             "Numbers are mean ± sample standard deviation (ddof=1) over seeds; no ± where an arm has one seed. "
+             "'std across clients' is the population std (ddof=0) over one run's clients, then averaged over "
+             "seeds. Changes are personalized - global per seed, then averaged. pp = percentage points.",
+             "FedAvg = strategy `none` (its personalized model is the global model); FedAvg+FT = `finetune`; "
+             "Per-FedAvg = `perfedavg`."]
+    superseded = sum(a.superseded for a in arms)
+    if superseded:
+        notes.append(f"{superseded} older run(s) of a seed already reported were left out: the latest finished "
+                     "run of each arm and seed counts.")
+    tables = [client_table(arms, "acc", split, 1), client_table(arms, "f1", split, 2), summary_table(arms, split)]
+    cen = centralized_table(arms, split)
+    if cen is not None:
+        tables.append(cen)
+    tables.append(runs_table(arms, split))
+    return exp, arms, tables, notes
+
+
+def write(out: Path, exp, arms: Sequence[Arm], tables: Sequence[Table], notes: Sequence[str], split: str) -> str:
+    from pfl import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = "\n".join([f"# Report: {exp.name}", "", *[f"{n}  " for n in notes], ""] + [t.markdown() for t in tables])
+    (out / "report.md").write_text(md)
+    for t in tables:
+        (out / f"{t.name}.csv").write_text(t.csv())
+    plots.report_summary(arms, split, out / "summary.png")
+    for metric in ("acc", "f1"):
+        plots.report_clients(arms, split, metric, out / f"clients_{metric}.png")
+    if any(t.name == "centralized_vs_fedavg" for t in tables):
+        plots.report_centralized(arms, split, out / "centralized_vs_fedavg.png")
+    return md
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pfl-report", description="Comparison tables and charts of a study's MLflow runs.")
+    parser.add_argument("--experiment", help="MLflow experiment (a study's `study` name); default: the experiment "
+                        "of the most recent run")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store; default: the embedded store pfl logs to, " + default_tracking_uri())
+    parser.add_argument("--out", type=Path, default=None, help="output directory; default: outputs/reports/<experiment>")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="which split's metrics to report (default: test)")
+    args = parser.parse_args(argv)
+    try:
+        client = _open(args.tracking_uri or default_tracking_uri())
+        exp, arms, tables, notes = build(client, args.experiment, args.split)
+        root = Path(os.environ.get("PFL_ROOT_DIR", "."))
+        out = args.out or root / "outputs" / "reports" / re.sub(r"[^\w.-]+", "_", exp.name)
+        md = write(out, exp, arms, tables, notes, args.split)
+    except PflError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(md)
+    print(f"Written to {out}/: report.md, " + ", ".join(f"{t.name}.csv" for t in tables) + ", *.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

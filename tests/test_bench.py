@@ -1,0 +1,64 @@
+"""`python -m pfl.bench --quick`: every benchmark code path on tiny synthetic settings.
+
+No timing is asserted (benchmarks are not tests); the report and the JSON must hold every
+section, and the overhead section must confirm that pfl and the plain loop agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pfl import bench
+
+
+def test_quick_bench_writes_report_and_results(synthetic_db, tmp_path):
+    report, results = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+    rc = bench.main(["--quick", "--skip", "ray", "--data-dir", str(synthetic_db), "--report", str(report),
+                     "--results", str(results), "--work", str(tmp_path / "work")])
+    assert rc == 0
+    res = json.loads(results.read_text())
+    sections = res["sections"]
+    assert set(sections) == set(bench.SECTIONS) - {"ray"}
+    over = sections["overhead"]["result"]["small model (cnn)"]
+    assert over["identical"] is True  # same weights, train loss and per-client metrics
+    assert over["ratio_total"] > 0 and len(over["pfl_total_s"]) == 1
+    strat = sections["strategies"]["result"]["runs"]
+    assert strat["none"]["ratio_vs_none"] == 1.0 and strat["perfedavg-fo"]["round_median_s"] > 0
+    assert strat["none"]["ledger_per_round_s"] > 0  # the ledger hook ran and was timed
+    scaling = sections["scaling"]["result"]
+    assert [r["clients"] for r in scaling["clients"].values()] == [2, 6]
+    assert scaling["dirichlet"]["8"]["clients"] == 8
+    mem = sections["memory"]["result"]
+    assert mem["peak_rss_mb"] > 50 and mem["clients"] == 6  # measured in a subprocess
+    data = sections["data"]["result"]
+    assert data["records"] == 6 and data["warm_median_s"] > 0
+    fixed = sections["fixed"]["result"]
+    assert fixed["trainer_construction_ms"] > 0 and fixed["weights_digest_ms"] > 0
+    text = report.read_text()
+    for heading in ("Framework overhead", "Strategy cost", "Scaling", "Per-client fixed costs", "4. Data",
+                    "5. Memory", "Threads", "Quick mode"):
+        assert heading in text
+    assert "| yes |" in text  # the overhead table's equivalence column
+
+    # --only re-runs one section and keeps the others from the same machine's results.
+    rc = bench.main(["--quick", "--only", "data", "--data-dir", str(synthetic_db), "--report", str(report),
+                     "--results", str(results), "--work", str(tmp_path / "work")])
+    assert rc == 0
+    again = json.loads(results.read_text())["sections"]
+    assert set(again) == set(sections)
+    assert again["overhead"] == sections["overhead"]
+
+
+def test_bad_section_name_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--only", "speed"])
+    assert exc.value.code == 2
+    assert "unknown section 'speed'" in capsys.readouterr().err
+
+
+def test_list_names_every_section(capsys):
+    assert bench.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in bench.SECTIONS)

@@ -1,0 +1,118 @@
+"""Multirun sweeps: parallel jobs on one SQLite store, the Optuna search, the study presets."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from compose import CONF_DIR
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from pfl.tracking import store_uri
+
+PFL = str(Path(sys.executable).parent / "pfl")
+FAST = ("partition=patient", "model=cnn", "federation.rounds=2", "federation.local_epochs=1",
+        "federation.batch_size=16", "trainer.progress=false", "trainer.threads=1")
+
+
+def _pfl(db: Path, root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([PFL, f"data.root={db}", f"paths.root_dir={root}", *FAST, *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _runs(root: Path, experiment: str):
+    client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{root}/outputs/mlflow.db"))
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    return client, client.search_runs([exp.experiment_id], order_by=["tags.multirun_job ASC"])
+
+
+def test_parallel_joblib_jobs_share_one_sqlite_store_and_lose_nothing(synthetic_db, tmp_path):
+    # A fresh store: both jobs also race to create its schema.
+    _pfl(synthetic_db, tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "strategy=none,finetune", "study=parallel")
+    client, runs = _runs(tmp_path, "parallel")
+    assert len(runs) == 2
+    assert {r.data.tags["strategy"] for r in runs} == {"none", "finetune"}
+    assert len({r.data.tags["multirun_id"] for r in runs}) == 1
+    assert sorted(r.data.tags["multirun_job"] for r in runs) == ["0", "1"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        # Every final metric landed, each aggregate with one point per round.
+        final = json.loads(Path(client.download_artifacts(run.info.run_id, "final_metrics.json",
+                                                          str(tmp_path / run.info.run_id))).read_text())
+        assert len(final) > 50
+        for key, value in final.items():
+            assert math.isclose(run.data.metrics[key], value, rel_tol=1e-12), key
+        for key in ("train_loss", "round_seconds", "test.personal.f1.mean", "val.global.acc.worst",
+                    "client.s03.test.personal.f1", "clients.participating"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+        assert run.data.tags["overrides"].startswith(f"strategy={run.data.tags['strategy']}")
+
+
+def test_optuna_search_tunes_alpha_and_beta_on_validation(synthetic_db, tmp_path):
+    _pfl(synthetic_db, tmp_path, "hparams_search=perfedavg_optuna", "hydra.sweeper.n_trials=2", "study=search")
+    client, runs = _runs(tmp_path, "search")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    alphas = [float(r.data.params["strategy.alpha"]) for r in runs]
+    betas = [float(r.data.params["strategy.beta"]) for r in runs]
+    assert all(0.001 <= a <= 0.1 for a in alphas) and all(0.0001 <= b <= 0.01 for b in betas)
+    assert len(set(zip(alphas, betas, strict=True))) == 2
+    assert all(r.data.params["strategy.name"] == "perfedavg" for r in runs)
+    # The sweeper maximized the validation objective each trial returned, never a test metric.
+    (results,) = tmp_path.glob("outputs/multirun/*/optimization_results.yaml")
+    best = yaml.safe_load(results.read_text())
+    objective = {r.data.params["strategy.alpha"]: r.data.metrics["val.personal.f1.mean"] for r in runs}
+    assert best["best_value"] == pytest.approx(max(objective.values()))
+    assert best["best_value"] == pytest.approx(objective[str(best["best_params"]["strategy.alpha"])])
+
+
+def test_a_search_cannot_optimize_a_test_metric(synthetic_db, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([PFL, f"data.root={synthetic_db}", f"paths.root_dir={tmp_path}", *FAST,
+                           "strategy=perfedavg", "objective=test.personal.f1.mean", "logger=none"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2
+    assert "objective='test.personal.f1.mean' is not allowed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _preset(name: str, *overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize(("name", "partition", "model", "sweep"), [
+    ("seed_phase1", "hospitals", "pfl.models.CNNLSTM", {"mode": "centralized,federated"}),
+    ("seed_phase3", "hospitals", "pfl.models.CNNLSTM", {"strategy": "none,finetune,perfedavg"}),
+    ("patient_specific", "patient", "pfl.models.CNNLSTM", {"strategy": "none,finetune,perfedavg"}),
+    ("unseen_patients", "interpatient", "pfl.models.CNNLSTM", {"strategy": "none,finetune,perfedavg"}),
+    ("quick", "hospitals", "pfl.models.SmallCNN", {"strategy": "none,finetune,perfedavg"}),
+])
+def test_study_presets_run_every_job_of_their_study(name, partition, model, sweep):
+    cfg = _preset(name)
+    assert cfg.study == name and cfg.logger.experiment_name == name
+    assert cfg.hydra.mode.name == "MULTIRUN"  # `pfl experiment=NAME` runs the whole study
+    assert dict(cfg.hydra.sweeper.params) == sweep
+    assert cfg.partition.name == partition and cfg.model._target_ == model
+    f = cfg.federation
+    assert (f.batch_size, f.optimizer._target_, f.optimizer.lr) == (32, "torch.optim.Adam", 0.001)
+    if name != "quick":  # the reference study's schedule
+        assert (f.rounds, f.local_epochs) == (20, 5)
+    if name == "seed_phase1":
+        assert cfg.strategy.name == "none"
+
+
+def test_the_quick_study_gives_only_per_fedavg_its_own_outer_step():
+    assert _preset("quick", "strategy=perfedavg").beta == 0.2
+    assert _preset("quick", "strategy=none").beta is None
+    assert _preset("quick", "strategy=finetune").beta is None

@@ -1,0 +1,229 @@
+"""MLflow tracking: a real tracking server over HTTP, the embedded SQLite store, failed runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from compose import make_cfg
+from mlflow.tracking import MlflowClient
+
+from pfl.errors import DataError, PflError
+from pfl.fl.server import DivergenceError
+from pfl.run import train
+from pfl.tracking import open_client, store_uri
+
+ARTIFACTS = {"config.yaml", "final_clients.csv", "final_clients.md", "final_metrics.json", "partition_stats.json",
+             "global_model.pt", "learning_curves.png", "ledger.jsonl"}
+TAGS = ("strategy", "partition", "model", "seed", "mode", "study", "git_commit", "config_hash", "clients")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port, in its own process group so that every
+    process it starts is stopped with it."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _only_run(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r}"
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def test_run_logs_to_a_tracking_server_over_http(synthetic_db, tmp_path, mlflow_server):
+    cfg = make_cfg(synthetic_db, tmp_path, "logger=mlflow", f"logger.tracking_uri={mlflow_server}",
+                   "study=http_study", "strategy=finetune", "seed=3")
+    result = train(cfg)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = _only_run(client, "http_study")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "finetune-s3"
+    # Params: the resolved config, flattened.
+    p = run.data.params
+    assert p["strategy.name"] == "finetune" and p["federation.rounds"] == "2" and p["seed"] == "3"
+    assert p["partition.name"] == "patient" and p["model._target_"] == "pfl.models.SmallCNN"
+    assert p["logger.tracking_uri"] == mlflow_server
+    tags = run.data.tags
+    for key in TAGS:
+        assert tags.get(key), f"tag {key} missing"
+    assert tags["strategy"] == "finetune" and tags["partition"] == "patient" and tags["seed"] == "3"
+    assert tags["clients"].split(",") == [c.cid for c in result.evaluation.clients]
+    # Metrics: every final metric, with step = round.
+    for key, value in result.metrics.items():
+        assert math.isclose(run.data.metrics[key], value, rel_tol=1e-12), key
+    history = client.get_metric_history(run.info.run_id, "test.personal.f1.mean")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == [h["test.personal.f1.mean"] for h in result.history]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "round_seconds")] == [1, 2]
+    assert "client.s01.test.personal.f1" in run.data.metrics and "train_loss" in run.data.metrics
+    # Artifacts, through the server's artifact proxy.
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert ARTIFACTS <= names, ARTIFACTS - names
+    cms = {a.path for a in client.list_artifacts(run.info.run_id, "confusion")}
+    assert cms == {f"confusion/s0{i}.png" for i in range(1, 7)}
+    local = Path(client.download_artifacts(run.info.run_id, "final_metrics.json", str(tmp_path / "dl")))
+    assert json.loads(local.read_text()) == pytest.approx(result.metrics)
+    csv = Path(client.download_artifacts(run.info.run_id, "final_clients.csv", str(tmp_path / "dl"))).read_text()
+    assert csv.splitlines()[0].startswith("client,federated,n,acc_global")
+
+
+def test_a_tracking_server_that_does_not_answer_fails_fast(synthetic_db, tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.time()
+    with pytest.raises(PflError, match="does not answer") as err:
+        open_client(url)
+    assert time.time() - t0 < 30
+    assert url in str(err.value) and "logger=none" in str(err.value)
+
+
+def test_the_cli_reports_an_unreachable_server_in_one_line(synthetic_db, tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}"
+    t0 = time.time()
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "pfl"), f"data.root={synthetic_db}", f"paths.root_dir={tmp_path}",
+         "partition=patient", "model=cnn", "federation.rounds=1", "federation.local_epochs=1",
+         f"logger.tracking_uri={url}", "trainer.progress=false"],
+        capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert time.time() - t0 < 120
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and url in err[0] and "does not answer" in err[0], proc.stderr[-2000:]
+
+
+def _sqlite_cfg(db, tmp_path, *overrides):
+    return make_cfg(db, tmp_path, "logger=mlflow", "study=fail_study", *overrides)
+
+
+def _runs(tmp_path, experiment):
+    client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"))
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id])
+
+
+def test_a_diverging_run_ends_failed_with_the_error(synthetic_db, tmp_path):
+    # Adam at lr 1e30: the first local update turns the weights non-finite.
+    cfg = _sqlite_cfg(synthetic_db, tmp_path, "federation.optimizer.lr=1e30", "federation.rounds=1")
+    with pytest.raises(DivergenceError):
+        train(cfg)
+    (run,) = _runs(tmp_path, "fail_study")
+    assert run.info.status == "FAILED"
+    assert run.info.end_time is not None
+    assert run.data.tags["error"].startswith("DivergenceError: round 1: client")
+
+
+def test_a_data_error_after_the_run_started_ends_it_failed(synthetic_db, tmp_path, monkeypatch):
+    import pfl.fl.server as server
+
+    def broken(*args, **kwargs):
+        raise DataError("client s01: test split unreadable")
+
+    monkeypatch.setattr(server, "evaluate", broken)
+    with pytest.raises(DataError):
+        train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=2", "federation.eval_every=2"))
+    (run,) = _runs(tmp_path, "fail_study")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "DataError: client s01: test split unreadable"
+    assert "train_loss" in run.data.metrics  # the round's training was logged before the failure
+
+
+def test_an_interrupted_run_ends_killed(synthetic_db, tmp_path, monkeypatch):
+    import pfl.fl.server as server
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=1"))
+    (run,) = _runs(tmp_path, "fail_study")
+    assert run.info.status == "KILLED"
+
+
+def _log_in_process(args):
+    uri, experiment, worker, n = args
+    from mlflow.entities import Metric
+
+    from pfl.tracking import _retry, open_client
+
+    client = open_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else None
+    if exp_id is None:
+        try:
+            exp_id = _retry(client.create_experiment, experiment)
+        except Exception:
+            exp_id = client.get_experiment_by_name(experiment).experiment_id
+    run = _retry(client.create_run, exp_id, run_name=f"w{worker}")
+    for step in range(n):
+        _retry(client.log_batch, run.info.run_id,
+               metrics=[Metric(f"m{k}", float(step * 10 + k), 0, step) for k in range(20)])
+    _retry(client.set_terminated, run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def test_processes_creating_one_new_sqlite_store_at_once_lose_nothing(tmp_path):
+    """The first jobs of a sweep race to create the schema, then write together."""
+    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        ids = pool.map(_log_in_process, [(uri, "race", w, 15) for w in range(3)])
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    for run_id in ids:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert len(run.data.metrics) == 20
+        assert [m.step for m in client.get_metric_history(run_id, "m7")] == list(range(15))
+
+
+def test_store_uri_makes_sqlite_paths_absolute_with_a_busy_timeout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert store_uri("sqlite:///outputs/mlflow.db") == f"sqlite:///{tmp_path}/outputs/mlflow.db?timeout=60"
+    assert store_uri("sqlite:////abs/m.db?timeout=5") == "sqlite:////abs/m.db?timeout=5"
+    assert store_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
