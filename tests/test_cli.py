@@ -58,6 +58,8 @@ def test_perfedavg_hyperparameters_are_validated(synthetic_db, tmp_path, overrid
     ("federation.rounds=abc", "federation.rounds"),
     ("mode=distributed", "mode"),
     ("federation.dropout=1.0", "federation.dropout"),
+    ("+federation.foo=1", "federation.foo"),
+    ("+trainer.max_epochs=3", "trainer.max_epochs"),
 ])
 def test_federation_settings_are_validated_before_training(synthetic_db, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key):
