@@ -205,6 +205,18 @@ def fresh_root(opts: Opts, name: str) -> Path:
     return root
 
 
+def shared_store(opts: Opts, name: str) -> str:
+    """One MLflow store for a section's runs, as a study's jobs share one; created here, untimed
+    (a new store's schema creation is measured once, in the fixed-costs section)."""
+    from mlflow.tracking import MlflowClient
+
+    d = fresh_root(opts, f"store-{name}")
+    d.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return f"logger.tracking_uri={uri}"
+
+
 def run_pfl(overrides: Sequence[str]) -> dict[str, Any]:
     """One pfl.run.train in this process, instrumented; its phases in seconds."""
     from rich.console import Console
@@ -325,6 +337,7 @@ def plain_federated(cfg) -> PlainResult:
     from pfl.data.mitdb import load_beats
     from pfl.data.partitions import build_federation
     from pfl.fl.batches import BatchLoader, derive_seed
+    from pfl.metrics import chunks  # the same rows per inference batch: see pfl.metrics.MIN_CHUNK
 
     t0 = time.perf_counter()
     cfgmod.prepare(cfg)
@@ -384,8 +397,8 @@ def plain_federated(cfg) -> PlainResult:
                 for c in fed.clients:
                     for split in ("val", "test"):
                         sp = c.split(split)
-                        pred = torch.cat([model(sp.x[i:i + f.eval_batch_size]).argmax(1)
-                                          for i in range(0, len(sp), f.eval_batch_size)] or [torch.zeros(0).long()])
+                        pred = torch.cat([model(sp.x[s]).argmax(1) for s in chunks(len(sp), f.eval_batch_size)]
+                                         or [torch.zeros(0).long()])
                         cms[(c.cid, split)] = torch.bincount(sp.y * n_cls + pred, minlength=n_cls * n_cls
                                                              ).reshape(n_cls, n_cls)
         t_end = time.perf_counter()
@@ -486,13 +499,15 @@ def bench_threads(opts: Opts) -> dict[str, Any]:
     before = torch.get_num_threads()
     out: dict[str, Any] = {"cores": cores, "step_ms": {}, "infer_us_per_beat": {}, "wait_policy_step_ms": {}}
     models = {"cnn": SmallCNN} if opts.quick else {"cnn": SmallCNN, "cnn_lstm": CNNLSTM}
-    policies = {"default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    # pfl sets PASSIVE on import (pfl/__init__.py); the snippet imports torch first, so "spin" is
+    # OpenMP's own default.
+    policies = {"spin": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
     for name, cls in models.items():
         for th in threads:
             for pol, env in policies.items():
-                if th == 1 and pol != "default":
+                if th == 1 and pol != "PASSIVE":
                     continue  # one thread never waits for another
-                key = f"{name}@{th}" + ("" if pol == "default" else f" {pol}")
+                key = f"{name}@{th}" + ("" if th == 1 else f" {pol}")
                 out["step_ms"][key] = 1000 * median([_step_subprocess(name, th, steps, env)
                                                      for _ in range(max(1, opts.repeats - 1))])
             torch.set_num_threads(th)
@@ -716,9 +731,10 @@ def bench_strategies(opts: Opts) -> dict[str, Any]:
     """Reference settings (seed_phase3) for a few rounds per strategy, each in a fresh process."""
     out: dict[str, Any] = {"settings": opts.ref, "rounds": opts.rounds, "runs": {}}
     chosen = {k: v for k, v in STRATEGIES.items() if not opts.quick or k in ("none", "perfedavg-fo")}
+    store = shared_store(opts, "strategies")
     for name, extra in chosen.items():
         root = fresh_root(opts, f"strategy-{name}")
-        r = run_worker(opts.ref + opts.base(root) + extra + [f"federation.rounds={opts.rounds}"], opts)
+        r = run_worker(opts.ref + opts.base(root) + extra + [f"federation.rounds={opts.rounds}", store], opts)
         out["runs"][name] = r
         log(f"strategies: {name}: {per_round(r):.1f}s/round, process {r['process_wall_s']:.1f}s")
     none = per_round(out["runs"]["none"])
@@ -749,16 +765,18 @@ def bench_scaling(opts: Opts) -> dict[str, Any]:
     common = ["partition=patient", "model=cnn", "strategy=none", "federation.local_epochs=1",
               "federation.batch_size=32", f"federation.rounds={opts.rounds}"]
     out: dict[str, Any] = {"settings": common, "clients": {}, "beats": {}, "dirichlet": {}}
+    store = shared_store(opts, "scaling")
 
     def go(key: str, label: Any, extra: list[str]) -> None:
         root = fresh_root(opts, f"scaling-{key}")
-        r = run_worker(opts.base(root) + common + extra, opts)
+        r = run_worker(opts.base(root) + common + [store] + extra, opts)
         row = {"round_s": per_round(r), "train_s": per_round(r, "train_s"), "eval_s": per_round(r, "eval_s"),
                "callbacks_s": per_round(r, "callbacks_s"), "peak_rss_mb": r["peak_rss_mb"],
                "setup_s": r["setup_s"], "clients": r["rounds"][0]["clients"],
                "rss_per_round_mb": [x["rss_mb"] for x in r["rounds"]],
                "mlflow_round_s": r["callbacks_s"].get("MlflowTracker.on_round_end", 0.0) / len(r["rounds"]),
-               "ledger_round_s": r["callbacks_s"].get("Ledger.on_round_end", 0.0) / len(r["rounds"])}
+               "ledger_round_s": r["callbacks_s"].get("Ledger.on_round_end", 0.0) / len(r["rounds"]),
+               "run_end_s": r["callbacks_s"].get("MlflowTracker.on_run_end", 0.0)}
         row["train_beats"] = _train_beats(opts.base(root) + common + extra)
         out[key][str(label)] = row
         log(f"scaling {key}={label}: {row['round_s']:.2f}s/round ({row['train_beats']} training beats), "
@@ -768,7 +786,8 @@ def bench_scaling(opts: Opts) -> dict[str, Any]:
         recs = "[" + ",".join(f"'{r}'" for r in records[:n]) + "]"
         go("clients", n, [f"partition.records={recs}"])
     for minutes in ([1] if opts.quick else [1.25, 2.5, 5, 10]):
-        go("beats", minutes, [f"partition.train_minutes={minutes}"])
+        # No tracking here: the end-of-run artifacts are measured with the client counts.
+        go("beats", minutes, [f"partition.train_minutes={minutes}", "logger=none"])
     n_dir = 8 if opts.quick else 300
     go("dirichlet", n_dir, ["partition=dirichlet", f"partition.n_clients={n_dir}", "partition.max_beats=null",
                             f"partition.min_samples={20 if opts.quick else 100}"])
@@ -798,7 +817,8 @@ def bench_memory(opts: Opts) -> dict[str, Any]:
     else:
         over = ["partition=patient", "model=cnn_lstm", "federation.local_epochs=1", "federation.batch_size=32"]
     root = fresh_root(opts, "memory")
-    over = over + opts.base(root) + ["strategy=finetune", f"federation.rounds={opts.rounds}"]
+    # FedAvg: personalizing strategies add one working copy of the model and an optimizer state.
+    over = over + opts.base(root) + ["strategy=none", f"federation.rounds={opts.rounds}"]
     r = run_worker(over, opts, subprocess_always=True)
     log(f"memory: peak {r['peak_rss_mb']:.0f} MB, {per_round(r):.1f}s/round")
     return {"overrides": over, "peak_rss_mb": r["peak_rss_mb"], "rss_per_round_mb": [x["rss_mb"] for x in r["rounds"]],
@@ -984,16 +1004,20 @@ def _md_strategies(o: dict[str, Any]) -> list[str]:
 
 
 def _md_scaling(o: dict[str, Any]) -> list[str]:
-    out = ["## 3. Scaling", "", f"Settings: `{' '.join(o['settings'])}`, MLflow on, each point a fresh process "
-           "(its own peak RSS). Model `cnn` keeps the compute small so that per-client costs show.", "",
+    out = ["## 3. Scaling", "", f"Settings: `{' '.join(o['settings'])}`, each point a fresh process (its own "
+           "peak RSS), MLflow on except for the train_minutes rows. Model `cnn` keeps the compute small so that "
+           "per-client costs show. End-of-run artifacts: MlflowTracker.on_run_end (per-client confusion-matrix "
+           "PNGs, learning curves, tables, model), once per run.", "",
            "| clients | partition | training beats | s / round | train s | eval s | callbacks s | ms / client "
-           "| µs / training beat | peak RSS MB |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| µs / training beat | peak RSS MB | end-of-run artifacts s |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, label in (("clients", "patient"), ("beats", "patient, train_minutes={}"), ("dirichlet", "dirichlet")):
         for k, r in o[key].items():
             part = label.format(k) if "{}" in label else label
             out.append(f"| {r['clients']} | {part} | {r['train_beats']} | {r['round_s']:.2f} | {r['train_s']:.2f} | "
                        f"{r['eval_s']:.2f} | {r['callbacks_s']:.3f} | {1000 * r['round_s'] / r['clients']:.1f} | "
-                       f"{1e6 * r['train_s'] / max(r['train_beats'], 1):.0f} | {r['peak_rss_mb']:.0f} |")
+                       f"{1e6 * r['train_s'] / max(r['train_beats'], 1):.0f} | {r['peak_rss_mb']:.0f} | "
+                       f"{r['run_end_s']:.1f} |")
     fit = _linear_fit([(r["clients"], r["round_s"]) for r in o["clients"].values()])
     if fit:
         out += ["", f"Round time vs clients (per-patient): {fit[0]:.2f}s + {1000 * fit[1]:.1f} ms x clients "
@@ -1091,10 +1115,12 @@ def _md_ray(o: dict[str, Any]) -> list[str]:
 def _md_threads(o: dict[str, Any]) -> list[str]:
     out = ["## Threads and evaluation batch size", "",
            "One optimizer step (batch 32, median, each in a fresh interpreter) and inference per beat, plain "
-           "PyTorch. `PASSIVE`: `OMP_WAIT_POLICY=PASSIVE`, idle OpenMP threads sleep instead of spinning.", "",
+           "PyTorch. `PASSIVE`: `OMP_WAIT_POLICY=PASSIVE`, idle OpenMP threads sleep (pfl's default, set on "
+           "import); `spin`: OpenMP's own default, idle threads spin first. Inference runs with pfl's setting.", "",
            "| model @ threads | step ms | inference µs / beat at batch 256 / 1024 / 4096 |", "|---|---:|---|"]
     for key, ms in o["step_ms"].items():
-        inf = [o["infer_us_per_beat"].get(f"{key}/bs{bs}") for bs in (256, 1024, 4096)] if " " not in key else []
+        base = key.split(" ")[0]
+        inf = [o["infer_us_per_beat"].get(f"{base}/bs{bs}") for bs in (256, 1024, 4096)] if "spin" not in key else []
         out.append(f"| {key} | {ms:.2f} | " + " / ".join("-" if v is None else f"{v:.0f}" for v in inf) + " |")
     out.append("")
     return out

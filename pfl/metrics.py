@@ -15,13 +15,27 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+#: Fewest rows per inference batch. BLAS and oneDNN switch to other kernels (other summation
+#: orders) for a handful of rows, so a tiny last batch would make outputs depend on the batch size.
+MIN_CHUNK = 32
+
+
+def chunks(n: int, batch_size: int) -> list[slice]:
+    """Batches of about batch_size rows (at least MIN_CHUNK); a short remainder joins the last."""
+    bs = max(int(batch_size), MIN_CHUNK)
+    cuts = list(range(0, n, bs))
+    if len(cuts) > 1 and n - cuts[-1] < MIN_CHUNK:
+        cuts.pop()
+    return [slice(a, b) for a, b in zip(cuts, cuts[1:] + [n], strict=True)]
+
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Predicted classes. The same whatever batch_size (see chunks), so it is a speed knob only."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    out = [model(x[s].to(device)).argmax(1).cpu() for s in chunks(len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 

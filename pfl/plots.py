@@ -111,10 +111,11 @@ def report_clients(arms, split: str, metric: str, path: Path) -> None:
     width = 0.8 / max(len(arms), 1)
     for i, a in enumerate(arms):
         g = [100 * _mean_std(a.values(f"client.{c}.{split}.global.{metric}"))[0] for c in clients]
-        ax.plot(x + (i - (len(arms) - 1) / 2) * width, g, "k_", markersize=8,
-                label="global model" if i == 0 else None)
+        ax.scatter(x + (i - (len(arms) - 1) / 2) * width, g, marker="D", s=16, facecolors="white",
+                   edgecolors="black", zorder=3, label="global model" if i == 0 else None)
     ax.legend(fontsize=7)
-    ax.set_title("bars: personalized model, mean ± sample std over seeds; dashes: global model", fontsize=8)
+    ax.set_title("bars: personalized model, mean ± sample std over seeds; diamonds: global model (mean)",
+                 fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

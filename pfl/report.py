@@ -117,9 +117,9 @@ def _open(uri: str):
 
     path = sqlite_path(uri)
     if path is not None and not path.expanduser().exists():
-        raise PflError(f"--tracking-uri {uri!r}: no MLflow store at {path}; run a study first (make run) or pass "
+        raise PflError(f"--tracking-uri={uri!r}: no MLflow store at {path}; run a study first (make run) or pass "
                        "the URI of the store your runs went to")
-    return open_client(uri)
+    return open_client(uri, key="--tracking-uri", fix="or pass the URI your runs went to")
 
 
 def _experiment(client, name: str | None):
@@ -131,7 +131,7 @@ def _experiment(client, name: str | None):
     exp = client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage != "active":
         names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        raise PflError(f"--experiment {name!r}: no such MLflow experiment; the store has "
+        raise PflError(f"--experiment={name!r}: no such MLflow experiment; the store has "
                        + (", ".join(names) if names else "none") + " (a study's experiment is its `study` name)")
     return exp
 
@@ -214,11 +214,20 @@ def _base(arm: Arm) -> str:
 
 
 def _short(key: str, value: str | None) -> tuple[str, str]:
-    if key.endswith("._target_"):
-        return key.removesuffix("._target_"), str(value).rsplit(".", 1)[-1]
-    if key.endswith(".name"):
-        return key.removesuffix(".name"), str(value)
-    return key, str(value)
+    """`partition.name=patient` -> (`partition`, `patient`); `model._target_=pfl.models.SmallCNN`
+    -> (`model`, `SmallCNN`); a key the run's config did not have shows as `-`."""
+    for suffix in ("._target_", ".name"):
+        if key.endswith(suffix):
+            key = key.removesuffix(suffix)
+            if value is not None and suffix == "._target_":
+                value = str(value).rsplit(".", 1)[-1]
+            break
+    return key, "-" if value is None else str(value)
+
+
+def _set_label(arm: Arm) -> None:
+    extras = ", ".join(f"{k}={v}" for k, v in arm.extras.items())
+    arm.label = _base(arm) + (f" ({extras})" if extras else "")
 
 
 def _label(arms: list[Arm], varying: list[str]) -> None:
@@ -229,18 +238,21 @@ def _label(arms: list[Arm], varying: list[str]) -> None:
         keys = [k for k in varying if k not in ("mode", "strategy.name")
                 and len({dict(a.key).get(k) for a in same}) > 1]
         named = {k.rsplit(".", 1)[0] for k in keys if k.endswith((".name", "._target_"))}
-        shown = [k for k in keys if k.endswith((".name", "._target_")) or k.rsplit(".", 1)[0] not in named]
+        shown = [k for k in keys if k.endswith((".name", "._target_"))
+                 or not any(k.startswith(g + ".") for g in named)]
         extras = dict(_short(k, dict(arm.key).get(k)) for k in shown)
         # Last key part where unambiguous: `alpha=0.01`, not `strategy.alpha=0.01`.
         tails = [k.rsplit(".", 1)[-1] for k in extras]
         arm.extras = {(k.rsplit(".", 1)[-1] if tails.count(k.rsplit(".", 1)[-1]) == 1 else k): v
                       for k, v in extras.items()}
-        arm.label = _base(arm) + (f" ({', '.join(f'{k}={v}' for k, v in arm.extras.items())})" if arm.extras else "")
-    labels = [a.label for a in arms]
-    for arm in arms:  # hidden keys made two labels equal: show everything that differs
-        if labels.count(arm.label) > 1:
-            full = {k: v for k, v in arm.key if k not in ("mode", "strategy.name")}
-            arm.label = _base(arm) + f" ({', '.join(f'{k}={v}' for k, v in full.items())})"
+        _set_label(arm)
+    for label in {a.label for a in arms}:  # a hidden key told these apart: show what differs
+        same = [a for a in arms if a.label == label]
+        if len(same) > 1:
+            differ = [k for k in varying if len({dict(a.key).get(k) for a in same}) > 1]
+            for arm in same:
+                arm.extras.update({k: "-" if dict(arm.key).get(k) is None else str(dict(arm.key)[k]) for k in differ})
+                _set_label(arm)
 
 
 def _arm_order(arm: Arm):

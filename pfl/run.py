@@ -76,7 +76,8 @@ def train(cfg: DictConfig, console=None) -> Result:
     """Validate, load, train, evaluate, track. Raises PflError for anything the user can fix."""
     cfgmod.prepare(cfg)
     strategy = build_strategy(cfg.strategy)  # bad hyperparameters fail before data loads
-    torch.set_num_threads(cfg.trainer.get("threads") or os.cpu_count() or 1)
+    # null: the cores this process may run on (a Slurm job's or container's CPU set, not the node's).
+    torch.set_num_threads(cfg.trainer.get("threads") or len(os.sched_getaffinity(0)))
     fed = load_federation(cfg)
     train_clients = fed.training_clients if cfg.mode == "federated" else [pooled_client(fed.training_clients)]
 
@@ -146,6 +147,9 @@ def train(cfg: DictConfig, console=None) -> Result:
         for cb in callbacks:
             cb.on_exception(exc)
         raise
+    finally:
+        if backend is not None:  # Ray actors hold CPUs the next job of a sweep needs
+            backend.close()
     title = (f"{cfg.mode} {cfg.strategy.name} on {cfg.partition.get('name', '')}, seed {cfg.seed}, "
              f"round {fcfg.rounds}: test, global vs personalized")
     tables.render(result.evaluation.table("test"), title, console)

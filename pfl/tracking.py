@@ -21,6 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
-def open_client(uri: str):
-    """An MlflowClient on `uri` whose store is known to answer, or one clear PflError.
+def open_client(uri: str, key: str = "logger.tracking_uri", fix: str = "or use logger=none"):
+    """An MlflowClient on `uri` whose store is known to answer, or one clear PflError naming the
+    setting `key` the URI came from.
 
     A new SQLite store's tables are created under a file lock beside the database: jobs that start
     together would otherwise race to create the schema."""
@@ -158,7 +160,7 @@ def open_client(uri: str):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise PflError(f"logger.tracking_uri={uri!r}: cannot create {path.parent} ({e})") from None
+            raise PflError(f"{key}={uri!r}: cannot create {path.parent} ({e})") from None
     try:
         if path is not None:
             # MLflow creates (and migrates) the tables, unlocked, when the client opens the store.
@@ -170,8 +172,8 @@ def open_client(uri: str):
             with _http_patience(retries=0, timeout_s=PROBE_TIMEOUT_S):
                 client.search_experiments(max_results=1)
     except Exception as e:
-        raise PflError(f"logger.tracking_uri={uri!r}: the MLflow tracking store does not answer ({_first_line(e)}); "
-                       "start the server, fix the URI, or use logger=none") from None
+        raise PflError(f"{key}={uri!r}: the MLflow tracking store does not answer ({_first_line(e)}); "
+                       f"start the server, fix the URI, {fix}") from None
     return client
 
 
@@ -334,6 +336,7 @@ class MlflowTracker(Callback):
             # The server may be what failed: do not wait minutes for it.
             with _http_patience(retries=1, timeout_s=PROBE_TIMEOUT_S):
                 _retry(self.client.set_tag, self.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+                _retry(self.client.log_text, self.run_id, "".join(traceback.format_exception(exc)), "error.txt")
                 _retry(self.client.set_terminated, self.run_id, status)
         except Exception as e:
             log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, _first_line(e))

@@ -49,3 +49,26 @@ def test_plain_loop_differs_when_the_math_differs(synthetic_db, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert not same_weights(a.weights, b.weights)
+
+
+@pytest.mark.parametrize("model_name", ["SmallCNN", "CNNLSTM"])
+def test_evaluation_batch_size_does_not_change_outputs(synthetic_db, tmp_path, model_name):
+    # federation.eval_batch_size defaults to 256 because smaller batches are faster on CPU; that
+    # is only a speed-up if every batch size gives the very same logits, the last short batch too.
+    import pfl.models
+    from pfl.metrics import chunks, predict
+    from pfl.run import load_federation
+
+    cfg = make_cfg(synthetic_db, tmp_path)
+    x_all = torch.cat([c.test.x for c in load_federation(cfg).clients])
+    torch.manual_seed(0)
+    model = getattr(pfl.models, model_name)().eval()
+    with torch.inference_mode():
+        for n in (600, 259, 5):
+            x = x_all[:n]
+            ref = model(x)  # one batch
+            for bs in (1, 7, 100, 256):
+                parts = chunks(n, bs)
+                assert min(s.stop - s.start for s in parts) >= min(n, 32)
+                assert torch.equal(torch.cat([model(x[s]) for s in parts]), ref), (n, bs)
+                assert torch.equal(predict(model, x, bs), ref.argmax(1))

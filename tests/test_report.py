@@ -114,7 +114,7 @@ def test_report_tables_are_the_logged_numbers_as_mean_and_sample_std(hand_store,
     summary = {(r["strategy"], r["key"]): r for r in _rows(out / "summary.csv")}
     pooled = summary[("Per-FedAvg", "test.personal.f1.pooled")]
     assert float(pooled["mean"]) == pytest.approx(0.63) and float(pooled["std"]) == pytest.approx(0.02)
-    assert float(summary[("Per-FedAvg", "test.personal.f1.worst")]["mean"]) == pytest.approx(0.58)
+    assert float(summary[("Per-FedAvg", "test.personal.f1.worst")]["mean"]) == pytest.approx(0.57)
     assert float(summary[("Per-FedAvg", "test.personal.f1.std")]["mean"]) == pytest.approx(0.02)
     delta = summary[("Per-FedAvg", "test.personal.f1.mean - test.global.f1.mean")]
     assert float(delta["mean"]) == pytest.approx(0.20) and float(delta["std"]) == pytest.approx(0.02)
@@ -173,7 +173,7 @@ def test_report_errors_are_one_clear_line(hand_store, tmp_path, capsys):
     uri, _ = hand_store
     assert main(["--experiment", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --experiment 'nope': no such MLflow experiment") and "tables" in err
+    assert err.startswith("error: --experiment='nope': no such MLflow experiment") and "tables" in err
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("unfinished")
@@ -185,3 +185,30 @@ def test_report_errors_are_one_clear_line(hand_store, tmp_path, capsys):
     assert main(["--tracking-uri", missing]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_arms_are_configs_that_differ_in_more_than_the_seed():
+    from pfl.report import RunData, group_runs
+
+    def run(strategy, seed, start=0, **params):
+        params = {"strategy.name": strategy, "seed": str(seed), "mode": "federated",
+                  "paths.output_dir": f"/o/{seed}/{start}", **params}
+        return RunData(f"{strategy}{seed}{start}{sorted(params.items())}", "n", seed, strategy, "federated", start,
+                       1.0, params, {}, [], set())
+
+    hosp = {"partition.name": "hospitals", "partition.fractions.train": "0.5"}
+    arms = group_runs([
+        run("none", 0, **{"partition.name": "patient", "partition.train_minutes": "5"}),
+        run("none", 1, **{"partition.name": "patient", "partition.train_minutes": "5"}),
+        run("none", 1, start=5, **{"partition.name": "patient", "partition.train_minutes": "5"}),  # a rerun
+        run("none", 0, **hosp), run("none", 0, **{**hosp, "partition.fractions.train": "0.6"}),
+        run("perfedavg", 0, **hosp, **{"strategy.alpha": "0.01"}),
+        run("perfedavg", 0, **hosp, **{"strategy.alpha": "0.05"}),
+    ])
+    labels = {a.label: a for a in arms}
+    assert list(labels) == ["FedAvg (partition=hospitals, partition.fractions.train=0.5)",
+                            "FedAvg (partition=hospitals, partition.fractions.train=0.6)",
+                            "FedAvg (partition=patient)", "Per-FedAvg (alpha=0.01)", "Per-FedAvg (alpha=0.05)"]
+    patient = labels["FedAvg (partition=patient)"]
+    assert patient.seeds == [0, 1] and patient.superseded == 1
+    assert [r.start_time for r in patient.runs] == [0, 5]  # the latest run of seed 1 counts

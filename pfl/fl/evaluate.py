@@ -70,7 +70,7 @@ class Evaluation:
 def client_confusions(global_model: nn.Module, scratch: nn.Module, global_weights: dict[str, torch.Tensor],
                       client: Client, n_classes: int,
                       personalize: Callable[[nn.Module, Client], nn.Module] | None,
-                      batch_size: int = 4096) -> dict[tuple[str, str], np.ndarray]:
+                      batch_size: int = 256) -> dict[tuple[str, str], np.ndarray]:
     """Confusion matrices of one client keyed by (split, model); "personal" only when personalizing.
 
     A function of the client alone, so a backend may run clients in other processes.
@@ -102,7 +102,7 @@ def add_client(ev: Evaluation, client: Client, cms: dict[tuple[str, str], np.nda
 
 
 def evaluate(global_model: nn.Module, scratch: nn.Module, clients: Sequence[Client], classes: list[str],
-             personalize: Callable[[nn.Module, Client], nn.Module] | None, batch_size: int = 4096,
+             personalize: Callable[[nn.Module, Client], nn.Module] | None, batch_size: int = 256,
              on_client: Callable[[str], None] | None = None) -> Evaluation:
     ev = Evaluation(classes, list(clients))
     global_weights = global_model.state_dict()

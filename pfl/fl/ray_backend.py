@@ -1,11 +1,13 @@
-"""`federation.backend=ray`: the clients of a round train in parallel Ray actors.
+"""`federation.backend=ray`: the clients of a round train, and are evaluated, in parallel Ray actors.
 
 Each actor holds its own copy of the strategy and a working model, built once, and caches the
 clients it has been sent, so a round ships only the global weights and the client states. A
-client's local update is seeded by (seed, round, client) and never depends on which process
-runs it, so the metrics equal the serial backend's when the torch thread count per worker
-equals the serial run's (set `trainer.threads`; a different thread count changes the order of
-floating-point sums, as it would in a serial run).
+client's local update and its personalization are seeded by (seed, round, client) and never
+depend on which process runs them, so the metrics equal the serial backend's when the torch
+thread count per worker equals the serial run's (set `trainer.threads`; a different thread
+count changes the order of floating-point sums, as it would in a serial run). The strategy's
+hooks must act only through what they return (Update, the personalized model): changes a
+replica makes to its own attributes stay in its actor.
 
 Locally (no address) Ray starts on this machine with one actor per `threads` cores; given
 `federation.ray_address` (e.g. `auto` or `ray://head:10001`) it joins that cluster, whose
@@ -141,7 +143,12 @@ class RayBackend(Backend):
 
     def start(self, server) -> None:
         """Start Ray (unless running) and the actors; called on the first round."""
+        import gc
+
         ray = self.ray
+        # A finished run's backend that only a reference cycle keeps alive still holds its
+        # actors' CPUs; collecting it first lets the next job of a sequential sweep start its own.
+        gc.collect()
         clients = {c.cid: c for c in [*server.train_clients, *server.eval_clients]}
         data = sum(s.x.element_size() * s.x.numel() for c in clients.values() for s in (c.train, c.val, c.test))
         self._init_ray(data)

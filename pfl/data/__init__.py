@@ -1,0 +1,1 @@
+"""MIT-BIH beats and the federations built from them."""

@@ -1,0 +1,421 @@
+"""Federations: beats -> clients with train / val / test splits (the `partition` config group).
+
+Each partition YAML names its function in `_target_`; `build_federation` calls it with the
+beats, the seed and the YAML's other keys. Every function is deterministic for a seed: each
+client draws from its own random stream derived from (seed, client id, purpose), so adding a
+client or reordering records does not reshuffle the others. Splits never share a beat.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pfl.data.types import BeatSet, Client, Federation, Split
+from pfl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PARTITIONS = ("hospitals", "patient", "dirichlet", "interpatient")
+
+# de Chazal et al. (2004) inter-patient division; paced records 102, 104, 107, 217 are in neither.
+DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122",
+       "124", "201", "203", "205", "207", "208", "209", "215", "220", "223", "230")  # fmt: skip
+DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210",
+       "212", "213", "214", "219", "221", "222", "228", "231", "232", "233", "234")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), *(zlib.crc32(k.encode()) for k in keys)])
+
+
+def _round(x: float) -> int:
+    # Half up, not Python's half-to-even: a class with one beat and fraction 0.5 goes to train.
+    return int(math.floor(x + 0.5))
+
+
+def _records(beats: BeatSet, wanted: Any, key: str) -> list[str]:
+    """Record names from a partition key (`all` or a list), checked against the loaded beats."""
+    if wanted is None or wanted == "all":
+        return list(beats.records)
+    if isinstance(wanted, str | int):
+        wanted = [wanted]
+    names = [str(r) for r in _plain(wanted)]
+    dup = sorted({r for r in names if names.count(r) > 1})
+    if dup:
+        raise ConfigError(key, names, "each record once", hint=f"repeated: {dup}")
+    absent = [r for r in names if r not in beats.records]
+    if absent:
+        raise DataError(
+            f"{key} lists record(s) {absent} that are not among the loaded records "
+            f"({', '.join(beats.records)}); check data.records and data.exclude_paced"
+        )
+    return names
+
+
+def _fractions(value: Any, key: str = "partition.fractions") -> tuple[float, float, float]:
+    f = _plain(value) or {}
+    if not isinstance(f, Mapping) or set(f) - {"train", "val", "test"}:
+        raise ConfigError(key, f, "a mapping with keys train, val, test")
+    tr, va, te = (float(f.get(k, 0.0)) for k in ("train", "val", "test"))
+    if min(tr, va, te) < 0 or tr <= 0 or te <= 0 or abs(tr + va + te - 1) > 1e-6:
+        raise ConfigError(key, f, "train > 0, val >= 0, test > 0 summing to 1")
+    return tr, va, te
+
+
+def _stratified(
+    y: np.ndarray, fractions: Sequence[float], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Indices of y split by fractions within each class, so rare classes reach every split
+    they can."""
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        start = 0
+        for i, f in enumerate(fractions):
+            n = (
+                len(idx) - start
+                if i == len(fractions) - 1
+                else min(_round(len(idx) * f), len(idx) - start)
+            )
+            parts[i].append(idx[start : start + n])
+            start += n
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+
+
+class _Pool:
+    """Beats of several records concatenated, remembering where each came from."""
+
+    def __init__(self, beats: BeatSet, records: Sequence[str]):
+        rbs = [beats.records[r] for r in records]
+        window = next((rb.x.shape[1] for rb in beats.records.values()), 0)
+        self.x = np.concatenate([rb.x for rb in rbs]) if rbs else np.zeros((0, window), np.float32)
+        self.y = np.concatenate([rb.y for rb in rbs]) if rbs else np.zeros(0, np.int64)
+        self.sample = np.concatenate([rb.sample for rb in rbs]) if rbs else np.zeros(0, np.int64)
+        self.record = (
+            np.concatenate([np.full(len(rb), rb.record) for rb in rbs]) if rbs else np.zeros(0, str)
+        )
+        self.fs = np.concatenate([np.full(len(rb), rb.fs) for rb in rbs]) if rbs else np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def split(self, idx: np.ndarray) -> Split:
+        return Split.from_numpy(self.x[idx], self.y[idx], self.record[idx], self.sample[idx])
+
+    def records_of(self, idx: np.ndarray) -> list[str]:
+        return list(dict.fromkeys(self.record[idx].tolist()))
+
+
+def _client(
+    cid: str,
+    pool: _Pool,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    federated: bool = True,
+    records: list[str] | None = None,
+) -> Client:
+    if len(train) == 0 or len(test) == 0:
+        empty = " and ".join(n for n, i in (("train", train), ("test", test)) if len(i) == 0)
+        raise DataError(
+            f"client {cid!r} has no {empty} beats ({len(train)} train, {len(val)} val, "
+            f"{len(test)} test); give it more data (records, budget, minutes) or change the fractions"
+        )
+    all_idx = np.sort(np.concatenate([train, val, test]))
+    return Client(
+        cid=cid,
+        train=pool.split(train),
+        val=pool.split(val),
+        test=pool.split(test),
+        records=records if records is not None else pool.records_of(all_idx),
+        federated=federated,
+    )
+
+
+def _time_split(
+    pool: _Pool, minutes: float, val_fraction: float, rng: np.random.Generator, key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First `minutes` of the record (by R-peak time) -> train + val, the rest -> test."""
+    if minutes <= 0:
+        raise ConfigError(key, minutes, "a number of minutes > 0")
+    early = pool.sample < minutes * 60.0 * pool.fs
+    first, rest = np.flatnonzero(early), np.flatnonzero(~early)
+    tr, va = _stratified(pool.y[first], (1 - val_fraction, val_fraction), rng)
+    return first[tr], first[va], rest
+
+
+def _check_val_fraction(v: float, key: str) -> float:
+    v = float(v)
+    if not 0 <= v < 1:
+        raise ConfigError(key, v, "a fraction in [0, 1)")
+    return v
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def hospitals(
+    beats: BeatSet,
+    seed: int,
+    sites: Mapping[str, Mapping[str, Any]],
+    fractions: Mapping[str, float] | None = None,
+    on_short_budget: str = "warn",
+    name: str = "hospitals",
+) -> Federation:
+    """A few sites, each pooling the beats of its own patients (records), down-sampled at
+    random to its beat budget and split train / val / test stratified by class."""
+    sites = _plain(sites)
+    if not isinstance(sites, Mapping) or not sites:
+        raise ConfigError(
+            "partition.sites", sites, "a mapping site name -> {records: [...], budget: n}"
+        )
+    if on_short_budget not in ("warn", "error"):
+        raise ConfigError("partition.on_short_budget", on_short_budget, "warn | error")
+    fr = _fractions(fractions or {"train": 0.5, "val": 0.1, "test": 0.4})
+
+    site_records: dict[str, list[str]] = {}
+    for site, spec in sites.items():
+        if not isinstance(spec, Mapping) or "records" not in spec:
+            raise ConfigError(
+                f"partition.sites.{site}", spec, "a mapping with records (and budget)"
+            )
+        site_records[site] = _records(beats, spec["records"], f"partition.sites.{site}.records")
+    owner: dict[str, str] = {}
+    overlaps: dict[str, list[str]] = {}
+    for site, recs in site_records.items():
+        for r in recs:
+            if r in owner:
+                overlaps.setdefault(r, [owner[r]]).append(site)
+            else:
+                owner[r] = site
+    if overlaps:
+        raise ConfigError(
+            "partition.sites",
+            sorted(overlaps),
+            "record lists disjoint between sites (each patient at one site)",
+            hint="; ".join(f"record {r} is in {', '.join(s)}" for r, s in sorted(overlaps.items())),
+        )
+
+    clients = []
+    for site, recs in site_records.items():
+        pool = _Pool(beats, recs)
+        budget = sites[site].get("budget")
+        rng = _rng(seed, name, site)
+        idx = np.arange(len(pool))
+        if budget is not None:
+            budget = int(budget)
+            if budget < 1:
+                raise ConfigError(
+                    f"partition.sites.{site}.budget",
+                    budget,
+                    "a number of beats >= 1, or null for all",
+                )
+            if budget < len(pool):
+                idx = np.sort(rng.choice(len(pool), size=budget, replace=False))
+            elif budget > len(pool):
+                msg = (
+                    f"site {site!r} has only {len(pool)} beats in records {recs}, fewer than its "
+                    f"budget {budget}"
+                )
+                if on_short_budget == "error":
+                    raise DataError(msg + " (partition.on_short_budget=error)")
+                log.warning("%s; using all of them", msg)
+        parts = _stratified(pool.y[idx], fr, rng)
+        clients.append(_client(site, pool, *(idx[p] for p in parts), records=recs))
+    return Federation(name=name, classes=list(beats.classes), clients=clients)
+
+
+def patient(
+    beats: BeatSet,
+    seed: int,
+    records: Any = "all",
+    train_minutes: float = 5.0,
+    val_fraction: float = 0.2,
+    name: str = "patient",
+) -> Federation:
+    """One client per record (AAMI patient-specific protocol): beats with their R peak in the
+    first `train_minutes` are the client's train data (a stratified `val_fraction` of them
+    held out as val), the rest of the record its test data."""
+    val_fraction = _check_val_fraction(val_fraction, "partition.val_fraction")
+    clients = []
+    for r in _records(beats, records, "partition.records"):
+        pool = _Pool(beats, [r])
+        parts = _time_split(
+            pool, float(train_minutes), val_fraction, _rng(seed, name, r), "partition.train_minutes"
+        )
+        clients.append(_client(r, pool, *parts, records=[r]))
+    return Federation(name=name, classes=list(beats.classes), clients=clients)
+
+
+def dirichlet(
+    beats: BeatSet,
+    seed: int,
+    n_clients: int = 10,
+    alpha: float = 0.5,
+    min_samples: int = 50,
+    max_beats: int | None = None,
+    records: Any = "all",
+    fractions: Mapping[str, float] | None = None,
+    max_retries: int = 100,
+    name: str = "dirichlet",
+) -> Federation:
+    """Pooled beats split over n_clients with label skew: for every class, the shares of the
+    clients are drawn from Dirichlet(alpha). Draws are repeated (at most max_retries times)
+    until every client has min_samples beats. Not patient-disjoint: a patient's beats spread
+    over clients."""
+    alpha = float(alpha)
+    if not alpha > 0 or not math.isfinite(alpha):
+        raise ConfigError(
+            "partition.alpha", alpha, "a number > 0 (small = strong label skew, large = near IID)"
+        )
+    if int(min_samples) < 1:
+        raise ConfigError("partition.min_samples", min_samples, "an integer >= 1")
+    if int(max_retries) < 1:
+        raise ConfigError("partition.max_retries", max_retries, "an integer >= 1")
+    min_samples, max_retries = int(min_samples), int(max_retries)
+    fr = _fractions(fractions or {"train": 0.6, "val": 0.2, "test": 0.2})
+
+    pool = _Pool(beats, _records(beats, records, "partition.records"))
+    rng = _rng(seed, name)
+    idx_all = np.arange(len(pool))
+    if max_beats is not None:
+        if int(max_beats) < 1:
+            raise ConfigError(
+                "partition.max_beats", max_beats, "an integer >= 1, or null for all beats"
+            )
+        if int(max_beats) < len(pool):
+            idx_all = np.sort(rng.choice(len(pool), size=int(max_beats), replace=False))
+    total = len(idx_all)
+    most = total // min_samples
+    if not 1 <= int(n_clients) <= most:
+        raise ConfigError(
+            "partition.n_clients",
+            n_clients,
+            f"an integer from 1 to {most} (= {total} beats // min_samples {min_samples})",
+        )
+    n_clients = int(n_clients)
+    y = pool.y[idx_all]
+
+    for _attempt in range(max_retries):
+        shares: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        sizes = np.zeros(n_clients, dtype=np.int64)
+        for c in np.unique(y):
+            idx_c = rng.permutation(np.flatnonzero(y == c))
+            p = rng.dirichlet(np.full(n_clients, alpha))
+            # Clients already above the mean size get no more beats (as in Wang et al. 2020,
+            # FedMA): otherwise small alphas almost never meet min_samples.
+            capped = p * (sizes < total / n_clients)
+            if capped.sum() > 0:
+                p = capped / capped.sum()
+            cuts = (np.cumsum(p)[:-1] * len(idx_c)).astype(np.int64)
+            for k, part in enumerate(np.split(idx_c, cuts)):
+                shares[k].append(part)
+                sizes[k] += len(part)
+        if sizes.min() >= min_samples:
+            break
+    else:
+        raise ConfigError(
+            "partition.min_samples",
+            min_samples,
+            f"a minimum the Dirichlet draws can meet: no draw out of max_retries={max_retries} "
+            f"gave each of {n_clients} clients {min_samples} beats (alpha={alpha}, {total} beats)",
+            hint="Raise alpha, lower min_samples or n_clients, or raise max_retries",
+        )
+
+    clients = []
+    width = len(str(n_clients - 1))
+    for k in range(n_clients):
+        cid = f"client_{k:0{width}d}"
+        mine = idx_all[np.sort(np.concatenate(shares[k]))]
+        parts = _stratified(pool.y[mine], fr, _rng(seed, name, cid))
+        clients.append(_client(cid, pool, *(mine[p] for p in parts)))
+    return Federation(name=name, classes=list(beats.classes), clients=clients)
+
+
+def interpatient(
+    beats: BeatSet,
+    seed: int,
+    ds1: Sequence[Any] = DS1,
+    ds2: Sequence[Any] = DS2,
+    fractions: Mapping[str, float] | None = None,
+    adapt_minutes: float = 5.0,
+    val_fraction: float = 0.2,
+    name: str = "interpatient",
+) -> Federation:
+    """de Chazal's inter-patient division: DS1 records are the federated clients (each splits
+    its own beats train / val / test, stratified); DS2 records are unseen clients
+    (federated=False) whose first adapt_minutes are their adaptation data (train, with a
+    val part) and the rest their test data. No patient is in both."""
+    d1 = _records(beats, ds1, "partition.ds1")
+    d2 = _records(beats, ds2, "partition.ds2")
+    both = sorted(set(d1) & set(d2))
+    if both:
+        raise ConfigError(
+            "partition.ds1/ds2",
+            both,
+            "disjoint record lists (a DS2 patient must be unseen in training)",
+        )
+    fr = _fractions(fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
+    val_fraction = _check_val_fraction(val_fraction, "partition.val_fraction")
+    clients = []
+    for r in d1:
+        pool = _Pool(beats, [r])
+        parts = _stratified(pool.y, fr, _rng(seed, name, r))
+        clients.append(_client(r, pool, *parts, records=[r]))
+    for r in d2:
+        pool = _Pool(beats, [r])
+        parts = _time_split(
+            pool, float(adapt_minutes), val_fraction, _rng(seed, name, r), "partition.adapt_minutes"
+        )
+        clients.append(_client(r, pool, *parts, federated=False, records=[r]))
+    return Federation(name=name, classes=list(beats.classes), clients=clients)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def build_federation(beats: BeatSet, cfg_partition: Any, seed: int) -> Federation:
+    """Call the partition function named by cfg_partition._target_ with the other keys."""
+    import hydra.utils
+
+    d = dict(_plain(cfg_partition) or {})
+    target = d.pop("_target_", None)
+    for k in ("_recursive_", "_convert_", "_partial_"):
+        d.pop(k, None)
+    allowed = ", ".join(f"pfl.data.partitions.{p}" for p in PARTITIONS)
+    if not target:
+        raise ConfigError("partition._target_", target, f"a partition function: {allowed}")
+    try:
+        fn = hydra.utils.get_method(str(target))
+    except Exception as e:  # noqa: BLE001 - import or attribute errors alike
+        raise ConfigError("partition._target_", target, f"a partition function: {allowed}") from e
+    params = inspect.signature(fn).parameters
+    unknown = [k for k in d if k not in params or k in ("beats", "seed")]
+    if unknown:
+        keys = [p for p in params if p not in ("beats", "seed")]
+        raise ConfigError(
+            f"partition.{unknown[0]}",
+            d[unknown[0]],
+            f"one of the keys of {target}: {', '.join(keys)}",
+        )
+    fed = fn(beats=beats, seed=int(seed), **d)
+    log.info("built federation %s: %d clients", fed.name, len(fed.clients))
+    return fed
