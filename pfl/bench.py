@@ -68,7 +68,13 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak RSS. Not ru_maxrss: after fork and exec, Linux carries the parent's
+    high-water mark into the child's, so every subprocess would report at least the bench's."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- options
@@ -87,6 +93,7 @@ class Opts:
     work: Path = REPO / "outputs" / "bench" / "work"
     threads: int | None = None
     timeout: int = 900
+    max_minutes: float | None = None
 
     @property
     def ref(self) -> list[str]:
@@ -484,6 +491,18 @@ def _step_subprocess(model: str, threads: int, steps: int, env: dict[str, str]) 
     return float(proc.stdout.strip().splitlines()[-1])
 
 
+def _step_pair(model: str, threads: int, steps: int) -> float:
+    """Two runs at once, as two jobs of a parallel sweep on one machine: mean of their steps."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    cmd = [sys.executable, "-c", _STEP_SNIPPET, model, str(threads), str(steps)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(outs[0][1][-2000:] + outs[1][1][-2000:])
+    return sum(float(o.strip().splitlines()[-1]) for o, _ in outs) / 2
+
+
 def bench_threads(opts: Opts) -> dict[str, Any]:
     """Training step and inference at 1..cores threads, OpenMP's wait policy, eval batch size."""
     import torch
@@ -495,17 +514,16 @@ def bench_threads(opts: Opts) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     n_eval = 512 if opts.quick else 4096
     xe = torch.randn(n_eval, 1, 256, generator=g)
-    steps = 3 if opts.quick else 20
+    steps = 3 if opts.quick else 12
     before = torch.get_num_threads()
     out: dict[str, Any] = {"cores": cores, "step_ms": {}, "infer_us_per_beat": {}, "wait_policy_step_ms": {}}
     models = {"cnn": SmallCNN} if opts.quick else {"cnn": SmallCNN, "cnn_lstm": CNNLSTM}
-    # pfl sets PASSIVE on import (pfl/__init__.py); the snippet imports torch first, so "spin" is
-    # OpenMP's own default.
+    # "spin": OpenMP's default (idle threads spin a while before sleeping), what pfl runs with.
     policies = {"spin": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
     for name, cls in models.items():
         for th in threads:
             for pol, env in policies.items():
-                if th == 1 and pol != "PASSIVE":
+                if th == 1 and pol != "spin":
                     continue  # one thread never waits for another
                 key = f"{name}@{th}" + ("" if th == 1 else f" {pol}")
                 out["step_ms"][key] = 1000 * median([_step_subprocess(name, th, steps, env)
@@ -515,15 +533,16 @@ def bench_threads(opts: Opts) -> dict[str, Any]:
                 if bs > n_eval:
                     continue
                 m = cls().eval()
-                times = []
                 with torch.inference_mode():
-                    m(xe[:bs])
-                    for _ in range(max(1, opts.repeats - 1)):
-                        t = time.perf_counter()
-                        for i in range(0, n_eval, bs):
-                            m(xe[i:i + bs])
-                        times.append((time.perf_counter() - t) / n_eval * 1e6)
-                out["infer_us_per_beat"][f"{name}@{th}/bs{bs}"] = median(times)
+                    m(xe[:bs])  # warm-up; then one pass over 4096 beats is long enough to be stable
+                    t = time.perf_counter()
+                    for i in range(0, n_eval, bs):
+                        m(xe[i:i + bs])
+                out["infer_us_per_beat"][f"{name}@{th}/bs{bs}"] = (time.perf_counter() - t) / n_eval * 1e6
+        if not opts.quick and cores > 1:
+            out.setdefault("pair_step_ms", {})
+            for th in threads:
+                out["pair_step_ms"][f"{name}@{th}"] = 1000 * _step_pair(name, th, steps)
         log(f"threads: {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in out["step_ms"].items()
                                               if k.startswith(name + "@")))
     torch.set_num_threads(before)
@@ -767,9 +786,9 @@ def bench_scaling(opts: Opts) -> dict[str, Any]:
     out: dict[str, Any] = {"settings": common, "clients": {}, "beats": {}, "dirichlet": {}}
     store = shared_store(opts, "scaling")
 
-    def go(key: str, label: Any, extra: list[str]) -> None:
+    def go(key: str, label: Any, extra: list[str], tracked: bool = True) -> None:
         root = fresh_root(opts, f"scaling-{key}")
-        r = run_worker(opts.base(root) + common + [store] + extra, opts)
+        r = run_worker(opts.base(root) + common + ([store] if tracked else ["logger=none"]) + extra, opts)
         row = {"round_s": per_round(r), "train_s": per_round(r, "train_s"), "eval_s": per_round(r, "eval_s"),
                "callbacks_s": per_round(r, "callbacks_s"), "peak_rss_mb": r["peak_rss_mb"],
                "setup_s": r["setup_s"], "clients": r["rounds"][0]["clients"],
@@ -785,12 +804,15 @@ def bench_scaling(opts: Opts) -> dict[str, Any]:
     for n in counts:
         recs = "[" + ",".join(f"'{r}'" for r in records[:n]) + "]"
         go("clients", n, [f"partition.records={recs}"])
-    for minutes in ([1] if opts.quick else [1.25, 2.5, 5, 10]):
+    for minutes in ([1] if opts.quick else [1.25, 5, 10]):
         # No tracking here: the end-of-run artifacts are measured with the client counts.
-        go("beats", minutes, [f"partition.train_minutes={minutes}", "logger=none"])
+        go("beats", minutes, [f"partition.train_minutes={minutes}"], tracked=False)
     n_dir = 8 if opts.quick else 300
+    # alpha=5: with 300 clients and AAMI's class imbalance, smaller alphas leave clients nearly empty.
+    # One round: 300 clients' end-of-run artifacts alone take most of a minute (see the table).
     go("dirichlet", n_dir, ["partition=dirichlet", f"partition.n_clients={n_dir}", "partition.max_beats=null",
-                            f"partition.min_samples={20 if opts.quick else 100}"])
+                            "partition.alpha=5", f"partition.min_samples={20 if opts.quick else 100}",
+                            "federation.rounds=1"])
     return out
 
 
@@ -833,12 +855,14 @@ def bench_ray(opts: Opts) -> dict[str, Any]:
     except ImportError:
         return {"skipped": 'ray is not installed (pip install "pfl[ray]")'}
     cores = len(os.sched_getaffinity(0))
-    cases = {"hospitals, reference model": opts.ref + ["federation.local_epochs=2"]} if not opts.quick else {}
+    cases = {"hospitals, reference model": opts.ref + ["federation.local_epochs=1"]} if not opts.quick else {}
     cases["per-patient clients, small model"] = ["partition=patient", "model=cnn", "federation.local_epochs=1",
                                                  "federation.batch_size=32"]
     out: dict[str, Any] = {"cores": cores, "ray_version": ray.__version__, "cases": {}}
     keep = ["test.global.acc.mean", "test.global.f1.mean"]
-    rounds = max(2, opts.rounds)
+    # Round 1 starts Ray and its actors, round 2 still sends some clients to actors that have not
+    # seen them; the steady figure is the median of rounds 2 and later.
+    rounds = max(3, opts.rounds + 1) if not opts.quick else 2
     for label, case in cases.items():
         res = {}
         variants = {f"serial, {cores} threads": [f"trainer.threads={cores}"], "serial, 1 thread": ["trainer.threads=1"],
@@ -929,6 +953,7 @@ def render(res: dict[str, Any]) -> str:
         lines += ["**Quick mode**: tiny synthetic data and settings. These numbers only show that the code "
                   "paths run; they say nothing about performance.", ""]
     s = res["sections"]
+    lines += _md_summary(s)
     if "overhead" in s:
         lines += _md_overhead(s["overhead"]["result"])
     if "strategies" in s:
@@ -945,11 +970,46 @@ def render(res: dict[str, Any]) -> str:
         lines += _md_ray(s["ray"]["result"])
     if "threads" in s:
         lines += _md_threads(s["threads"]["result"])
+    if res.get("skipped"):
+        lines += [f"**Not run** (time budget spent): {', '.join(res['skipped'])}; earlier results, if any, are "
+                  "kept above with their date below.", ""]
     lines += ["## Sections run", "", "| section | when | seconds |", "|---|---|---:|"]
     for name in SECTIONS:
         if name in s:
             lines.append(f"| {name} | {s[name]['when']} | {s[name]['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _md_summary(s: dict[str, Any]) -> list[str]:
+    rows = []
+    if "overhead" in s:
+        for label, r in s["overhead"]["result"].items():
+            rows.append((f"framework overhead, {label}", "<= 1.10x", f"{r['ratio_total']:.3f}x whole run, "
+                         f"{r['ratio_rounds']:.3f}x rounds only", r["ratio_total"] <= 1.10))
+    if "strategies" in s:
+        o = s["strategies"]["result"]
+        worst = max(r["ledger_share"] for r in o["runs"].values())
+        rows.append(("ledger hashing, share of a round", "< 2%", f"{100 * worst:.3f}% (worst strategy)", worst < 0.02))
+        per = o["seed_phase3_extrapolated_s"] / 60 / max(len(o.get("study_strategies", [])), 1)
+        lo, hi = REFERENCE_MIN_PER_STRATEGY
+        rows.append(("seed_phase3 per strategy (extrapolated)", f"reference {lo:.0f}-{hi:.0f} min",
+                     f"{per:.1f} min", per <= hi))
+    if "data" in s:
+        w = s["data"]["result"]["warm_median_s"]
+        rows.append(("warm load of all beats", "well under 2 s", f"{w:.3f} s", w < 2))
+    if "memory" in s:
+        m = s["memory"]["result"]["peak_rss_mb"]
+        rows.append(("peak RSS, patient_specific", "< 2048 MB", f"{m:.0f} MB", m < 2048))
+    if "ray" in s and "cases" in s["ray"]["result"]:
+        for label, c in s["ray"]["result"]["cases"].items():
+            rows.append((f"Ray speed-up per round, {label}", "> 1x on 2 cores",
+                         f"{c['speedup_vs_serial_default']:.2f}x; identical metrics: "
+                         f"{'yes' if c['identical_to_serial_1thread'] else 'NO'}", c["speedup_vs_serial_default"] > 1))
+    if not rows:
+        return []
+    out = ["## Summary", "", "| figure | target | measured | met |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {'yes' if ok else '**no**'} |" for a, b, c, ok in rows]
+    return out + [""]
 
 
 def _md_overhead(o: dict[str, Any]) -> list[str]:
@@ -967,6 +1027,16 @@ def _md_overhead(o: dict[str, Any]) -> list[str]:
                    f"{r['ratio_rounds']:.3f}x | {r['pfl_setup_median_s']:.2f} / {r['pfl_finalize_median_s']:.2f} | "
                    f"{r['plain_setup_median_s']:.2f} | {'yes' if r['identical'] else 'NO'} |")
     out.append("")
+    for label, r in o.items():
+        cb = r["callbacks_median_s"]
+        per_round_cb = sum(v for k, v in cb.items() if k.endswith(("on_round_end", "on_client_end")))
+        diff = r["pfl_total_median_s"] - r["plain_total_median_s"]
+        out.append(f"- {label}, where pfl's extra {diff:+.2f}s goes (medians, so the parts need not add up "
+                   f"exactly): setup {r['pfl_setup_median_s'] - r['plain_setup_median_s']:+.2f}s, local training "
+                   f"(Lightning) {r['pfl_train_median_s'] - r['plain_train_median_s']:+.2f}s, aggregation + "
+                   f"evaluation {r['pfl_eval_median_s'] - r['plain_eval_median_s']:+.2f}s, per-round callbacks "
+                   f"(MLflow metrics, ledger, checkpoint) {per_round_cb:+.2f}s, end of run (MLflow artifacts: "
+                   f"plots, tables, model) {r['pfl_finalize_median_s']:+.2f}s.")
     for label, r in o.items():
         cb = r["callbacks_median_s"]
         top = sorted(cb.items(), key=lambda kv: -kv[1])[:4]
@@ -1017,7 +1087,7 @@ def _md_scaling(o: dict[str, Any]) -> list[str]:
             out.append(f"| {r['clients']} | {part} | {r['train_beats']} | {r['round_s']:.2f} | {r['train_s']:.2f} | "
                        f"{r['eval_s']:.2f} | {r['callbacks_s']:.3f} | {1000 * r['round_s'] / r['clients']:.1f} | "
                        f"{1e6 * r['train_s'] / max(r['train_beats'], 1):.0f} | {r['peak_rss_mb']:.0f} | "
-                       f"{r['run_end_s']:.1f} |")
+                       f"{r.get('run_end_s', float('nan')):.1f} |")
     fit = _linear_fit([(r["clients"], r["round_s"]) for r in o["clients"].values()])
     if fit:
         out += ["", f"Round time vs clients (per-patient): {fit[0]:.2f}s + {1000 * fit[1]:.1f} ms x clients "
@@ -1115,13 +1185,17 @@ def _md_ray(o: dict[str, Any]) -> list[str]:
 def _md_threads(o: dict[str, Any]) -> list[str]:
     out = ["## Threads and evaluation batch size", "",
            "One optimizer step (batch 32, median, each in a fresh interpreter) and inference per beat, plain "
-           "PyTorch. `PASSIVE`: `OMP_WAIT_POLICY=PASSIVE`, idle OpenMP threads sleep (pfl's default, set on "
-           "import); `spin`: OpenMP's own default, idle threads spin first. Inference runs with pfl's setting.", "",
+           "PyTorch. `spin`: OpenMP's default, idle threads spin before they sleep (what pfl runs with); "
+           "`PASSIVE`: `OMP_WAIT_POLICY=PASSIVE`, they sleep at once. Inference per beat with the default.", "",
            "| model @ threads | step ms | inference µs / beat at batch 256 / 1024 / 4096 |", "|---|---:|---|"]
     for key, ms in o["step_ms"].items():
         base = key.split(" ")[0]
-        inf = [o["infer_us_per_beat"].get(f"{base}/bs{bs}") for bs in (256, 1024, 4096)] if "spin" not in key else []
+        inf = [o["infer_us_per_beat"].get(f"{base}/bs{bs}") for bs in (256, 1024, 4096)] if "PASSIVE" not in key else []
         out.append(f"| {key} | {ms:.2f} | " + " / ".join("-" if v is None else f"{v:.0f}" for v in inf) + " |")
+    pair = o.get("pair_step_ms")
+    if pair:
+        out += ["", "Two runs at once (two jobs of a parallel sweep), mean step ms of the two: "
+                + ", ".join(f"{k} threads each {v:.1f}" for k, v in pair.items()) + "."]
     out.append("")
     return out
 
@@ -1143,6 +1217,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
     p.add_argument("--report", type=Path, default=None, help="Markdown report (default BENCHMARKS.md)")
     p.add_argument("--results", type=Path, default=None, help="JSON results (default outputs/bench/results.json)")
     p.add_argument("--work", type=Path, default=None, help="scratch directory")
+    p.add_argument("--max-minutes", type=float, default=None, help="start no further section after this "
+                   "many minutes (default 19: `make bench` must end within 20 on 2 cores); 0 = no limit")
     p.add_argument("--list", action="store_true", help="list the sections and exit")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -1157,6 +1233,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
     o = Opts(quick=a.quick, sections=tuple(s for s in SECTIONS if s in sel and s not in skip), threads=threads)
     o.repeats = a.repeats if a.repeats is not None else (1 if a.quick else 3)
     o.rounds = a.rounds if a.rounds is not None else (1 if a.quick else 2)
+    o.max_minutes = (19.0 if not a.quick else 0.0) if a.max_minutes is None else a.max_minutes
     if o.repeats < 1 or o.rounds < 1:
         p.error("--repeats and --rounds must be >= 1")
     if a.quick:
@@ -1206,7 +1283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
            "sections": dict(previous.get("sections", {}))}
     log(f"sections: {', '.join(opts.sections)}; data {opts.data_dir}; load {res['load_start']}")
     t_all = time.perf_counter()
+    res["skipped"] = []
     for name in opts.sections:
+        spent = (time.perf_counter() - t_all) / 60
+        if opts.max_minutes and spent > opts.max_minutes:
+            # A partial report beats none; the sections left out say so in it.
+            log(f"--- {name}: skipped, {spent:.1f} min spent of --max-minutes {opts.max_minutes:g}")
+            res["skipped"].append(name)
+            continue
         log(f"--- {name}")
         t = time.perf_counter()
         result = RUNNERS[name](opts)
