@@ -22,10 +22,10 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH_PIN)"
-	$(PIP) install -e ".[dev,sweep]"
+	$(PIP) install -e ".[dev,sweep,ray]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install pfl with dev and sweep extras (idempotent)
+install: $(STAMP) ## create .venv and install pfl with dev, sweep and ray extras (idempotent)
 
 run: $(STAMP) ## run the default study (three strategies) and print the comparison report
 	$(BIN)/pfl experiment=quick $(ARGS)
