@@ -215,8 +215,10 @@ class MlflowTracker(Callback):
 
     def _trap_sigterm(self) -> None:
         try:
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                self._prev_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+            # Ours for the length of the run, whatever was there (Ray's driver installs one that
+            # exits without a word to MLflow); the previous handler comes back afterwards.
+            prev = signal.signal(signal.SIGTERM, _on_sigterm)
+            self._prev_sigterm = signal.SIG_DFL if prev is None else prev  # None: set outside Python
         except ValueError:  # not the main thread: signals are not ours to handle
             pass
 
