@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from pfl.atomic import atomic_write
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
 
@@ -75,21 +76,6 @@ def read_entries(path: Path) -> list[dict]:
             raise LedgerError(f"{path}: line {n} is not a ledger entry (a JSON object)")
         entries.append(entry)
     return entries
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide run files from the rest of a team
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Ledger(Callback):

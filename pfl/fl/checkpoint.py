@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pfl.atomic import atomic_write
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
 from pfl.fl.server import ServerState
@@ -16,19 +15,9 @@ from pfl.ledger import load_error
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write then rename: a crash mid-write leaves the previous file, never a torn one."""
+    """A crash mid-write leaves the previous file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide run files from the rest of a team
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 class Checkpointer(Callback):
