@@ -15,7 +15,7 @@ SHORTCUTS = ("alpha", "beta", "delta", "variant", "adapt_steps", "epochs", "lr_s
 
 #: keys that do not change results: left out of the config hash that names checkpoints
 VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.root", "data.cache_dir",
-            "data.download", "federation.backend", "federation.ray_address", "trainer.threads",
+            "data.download", "federation.backend", "federation.ray_address", "federation.eval_batch_size", "trainer.threads",
             "trainer.progress", *SHORTCUTS)
 
 

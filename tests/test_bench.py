@@ -7,6 +7,7 @@ section, and the overhead section must confirm that pfl and the plain loop agree
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -15,9 +16,11 @@ from pfl import bench
 
 def test_quick_bench_writes_report_and_results(synthetic_db, tmp_path):
     report, results = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+    env_before = os.environ.get("PFL_DATA_DIR")
     rc = bench.main(["--quick", "--skip", "ray", "--data-dir", str(synthetic_db), "--report", str(report),
                      "--results", str(results), "--work", str(tmp_path / "work")])
     assert rc == 0
+    assert os.environ.get("PFL_DATA_DIR") == env_before  # later real-data tests must not see synthetic data
     res = json.loads(results.read_text())
     sections = res["sections"]
     assert set(sections) == set(bench.SECTIONS) - {"ray"}
