@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ import wfdb
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from scipy.signal import butter, sosfiltfilt
 
+from pfl.atomic import atomic_write
 from pfl.data.types import BeatSet, RecordBeats
 from pfl.errors import ConfigError, DataError
 
@@ -474,26 +473,17 @@ def _read_cache(path: Path, record: str, s: DataSettings, source: str) -> Record
 
 def _write_cache(path: Path, rb: RecordBeats, s: DataSettings, source: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                x=rb.x,
-                y=rb.y,
-                sample=rb.sample,
-                fs=np.float64(rb.fs),
-                dropped_edge=np.int64(rb.dropped_edge),
-                lead=np.str_(rb.lead or ""),
-                source=np.str_(source),
-                settings=np.str_(s.settings_hash()),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(
+        f,
+        x=rb.x,
+        y=rb.y,
+        sample=rb.sample,
+        fs=np.float64(rb.fs),
+        dropped_edge=np.int64(rb.dropped_edge),
+        lead=np.str_(rb.lead or ""),
+        source=np.str_(source),
+        settings=np.str_(s.settings_hash()),
+    ))
 
 
 def _write_settings_note(s: DataSettings) -> None:
@@ -503,10 +493,8 @@ def _write_settings_note(s: DataSettings) -> None:
     if note.is_file():
         return
     d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".settings.", suffix=".tmp", dir=d)
-    with os.fdopen(fd, "w") as f:
-        json.dump(s.beat_settings(), f, indent=2, sort_keys=True)
-    os.replace(tmp, note)
+    text = json.dumps(s.beat_settings(), indent=2, sort_keys=True)
+    atomic_write(note, lambda f: f.write(text.encode()))
 
 
 def load_record(record: str, s: DataSettings) -> RecordBeats:
