@@ -142,9 +142,10 @@ def compose_cfg(overrides: Sequence[str]):
     from hydra import compose, initialize_config_dir
 
     from pfl.cli import CONF_DIR
+    from pfl.shortforms import expand
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=expand(list(overrides)))
 
 
 class Recorder:
@@ -321,10 +322,10 @@ class PlainResult:
                 continue
             tp = np.diag(cm)
             fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-            present = cm.sum(1) > 0
+            seen = (cm.sum(1) + cm.sum(0)) > 0  # classes in labels or predictions (sklearn's macro)
             f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
             out[f"client.{cid}.{split}.global.acc"] = float(tp.sum() / cm.sum())
-            out[f"client.{cid}.{split}.global.f1"] = float(f1[present].mean())
+            out[f"client.{cid}.{split}.global.f1"] = float(f1[seen].mean())
         return out
 
 
@@ -747,7 +748,8 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
 
 
 STRATEGIES = {"none": ["strategy=none"], "finetune": ["strategy=finetune"],
-              "perfedavg-fo": ["strategy=perfedavg", "variant=fo"], "perfedavg-hf": ["strategy=perfedavg", "variant=hf"]}
+              "perfedavg-fo": ["strategy=perfedavg", "strategy.variant=fo"],
+              "perfedavg-hf": ["strategy=perfedavg", "strategy.variant=hf"]}
 
 
 def bench_strategies(opts: Opts) -> dict[str, Any]:

@@ -5,37 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from pfl import validation as v
 from pfl.errors import ConfigError
 
-#: top-level short forms copied into strategy.<key> (`pfl strategy=perfedavg alpha=0.005`)
-SHORTCUTS = ("alpha", "beta", "delta", "variant", "adapt_steps", "epochs", "lr_scale")
-
 #: keys that do not change results: left out of the config hash that names checkpoints
 VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.root", "data.cache_dir",
             "data.download", "federation.backend", "federation.ray_address", "federation.eval_batch_size", "trainer.threads",
-            "trainer.progress", *SHORTCUTS)
-
-
-def apply_shortcuts(cfg: DictConfig) -> None:
-    with open_dict(cfg):
-        for key in SHORTCUTS:
-            value = cfg.get(key)
-            if value is None:
-                continue
-            if key not in cfg.strategy:
-                have = [k for k in cfg.strategy if k not in ("name", "_target_")]
-                raise ConfigError(key, value, f"a hyperparameter of strategy {cfg.strategy.get('name')!r}: "
-                                  + (", ".join(have) if have else "it has none"))
-            cfg.strategy[key] = value
-            cfg[key] = None
+            "trainer.progress", "strategy.search")
 
 
 #: the keys of these groups; a key added with `+group.key=...` would otherwise be ignored silently
 KNOWN_KEYS = {
-    "federation": {"rounds", "local_epochs", "clients_per_round", "eval_every", "batch_size", "eval_batch_size",
+    "federation": {"rounds", "local_epochs", "local_steps", "clients_per_round", "eval_every", "batch_size", "eval_batch_size",
                    "optimizer", "dropout", "on_divergence", "backend", "ray_address"},
     "trainer": {"accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "threads", "progress"},
 }
@@ -48,14 +31,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{group}.{unknown[0]}", cfg[group][unknown[0]], f"a key of {group}: " + ", ".join(sorted(known)))
     v.choice("mode", cfg.mode, ("federated", "centralized"))
     v.integer("seed", cfg.seed, minimum=0)
-    if not str(cfg.get("objective", "val.")).startswith(("val.", "unseen.val.")):
-        raise ConfigError("objective", cfg.objective, "a validation metric, val.* or unseen.val.* "
-                          "(hyperparameter searches never tune on test)", "e.g. objective=val.personal.f1.mean")
+    if not str(cfg.get("objective", "val.")).startswith("val."):
+        raise ConfigError("objective", cfg.objective, "a validation metric of the federated clients, val.* "
+                          "(searches never tune on test, nor on the unseen clients reported as held out)",
+                          "e.g. objective=val.personal.f1.mean")
     if not isinstance(cfg.resume, bool | str):
         raise ConfigError("resume", cfg.resume, "true, false or a checkpoint path")
     f = cfg.federation
     v.integer("federation.rounds", f.rounds, minimum=1)
     v.integer("federation.local_epochs", f.local_epochs, minimum=1)
+    if f.get("local_steps") is not None:
+        v.integer("federation.local_steps", f.local_steps, minimum=1)
     v.integer("federation.batch_size", f.batch_size, minimum=1)
     v.integer("federation.eval_batch_size", f.eval_batch_size, minimum=1)
     v.integer("federation.eval_every", f.eval_every, minimum=1)
@@ -70,7 +56,6 @@ def validate(cfg: DictConfig) -> None:
 
 
 def prepare(cfg: DictConfig) -> DictConfig:
-    apply_shortcuts(cfg)
     validate(cfg)
     return cfg
 

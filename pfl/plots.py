@@ -123,7 +123,7 @@ def report_clients(arms, split: str, metric: str, path: Path) -> None:
 
 def report_centralized(arms, split: str, path: Path) -> None:
     """Centralized vs FedAvg arms: per client macro-F1 of the global model."""
-    chosen = [a for a in arms if a.strategy == "none"]
+    chosen = [a for a in arms if a.baseline]
     clients = list(dict.fromkeys(c for a in chosen for c in a.clients() if c not in a.unseen()))
     labels = [*clients, "mean"]
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(labels) * len(chosen) + 2), 3.8))

@@ -22,15 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pfl.config import SHORTCUTS, VOLATILE
+from pfl.config import VOLATILE
 from pfl.errors import PflError
 
 #: how strategies are called in the tables; others keep their registry name
-DISPLAY = {"none": "FedAvg", "finetune": "FedAvg+FT", "perfedavg": "Per-FedAvg"}
-_ORDER = ("none", "finetune", "perfedavg")
 _CLIENT_METRIC = re.compile(r"^client\.(?P<cid>.+)\.(?P<split>val|test)\.(?P<model>global|personal)\.(?P<m>acc|f1)$")
 # Params that never separate arms: they do not change results, or are the seed itself.
-_IGNORED = ("seed", "hydra", *(k for k in VOLATILE if k not in SHORTCUTS))
+_IGNORED = ("seed", "hydra", *VOLATILE)
 
 
 def default_tracking_uri() -> str:
@@ -52,6 +50,10 @@ class RunData:
     metrics: dict[str, float]
     clients: list[str]
     unseen: set[str]
+    # From the strategy class, recorded as run tags (strategy_label, strategy_order, strategy_baseline)
+    label: str = ""
+    order: int = 1000
+    baseline: bool = False
 
 
 @dataclass
@@ -65,6 +67,9 @@ class Arm:
     extras: dict[str, str]
     runs: list[RunData] = field(default_factory=list)
     superseded: int = 0
+    display: str = ""  # the strategy's label
+    order: int = 1000
+    baseline: bool = False  # FedAvg: what the other strategies are compared with
 
     @property
     def seeds(self) -> list[int]:
@@ -168,6 +173,9 @@ def load_runs(client, experiment) -> tuple[list[RunData], dict[str, int]]:
             run_id=r.info.run_id, name=r.info.run_name or r.info.run_id, seed=int(seed) if seed.isdigit() else 0,
             strategy=params.get("strategy.name", tags.get("strategy", "?")),
             mode=params.get("mode", tags.get("mode", "federated")),
+            label=tags.get("strategy_label") or params.get("strategy.name", tags.get("strategy", "?")),
+            order=int(tags.get("strategy_order", "1000")),
+            baseline=tags.get("strategy_baseline", "false") == "true",
             start_time=r.info.start_time or 0,
             seconds=((r.info.end_time or 0) - (r.info.start_time or 0)) / 1000.0,
             params=dict(params), metrics=metrics, clients=clients,
@@ -195,7 +203,8 @@ def group_runs(runs: Sequence[RunData]) -> list[Arm]:
     for r in runs:
         key = tuple((k, r.params.get(k)) for k in varying)
         if key not in arms:
-            arms[key] = Arm(key, "", r.strategy, r.mode, {})
+            arms[key] = Arm(key, "", r.strategy, r.mode, {}, display=r.label, order=r.order,
+                            baseline=r.baseline)
         arms[key].runs.append(r)
     _label(list(arms.values()), varying)
     for arm in arms.values():
@@ -208,8 +217,8 @@ def group_runs(runs: Sequence[RunData]) -> list[Arm]:
 
 
 def _base(arm: Arm) -> str:
-    name = DISPLAY.get(arm.strategy, arm.strategy)
-    return "Centralized" if arm.mode == "centralized" and arm.strategy == "none" else (
+    name = arm.display or arm.strategy
+    return "Centralized" if arm.mode == "centralized" and arm.baseline else (
         f"Centralized {name}" if arm.mode == "centralized" else name)
 
 
@@ -256,8 +265,7 @@ def _label(arms: list[Arm], varying: list[str]) -> None:
 
 
 def _arm_order(arm: Arm):
-    return (arm.mode != "centralized", _ORDER.index(arm.strategy) if arm.strategy in _ORDER else len(_ORDER),
-            arm.strategy, arm.label)
+    return (arm.mode != "centralized", arm.order, arm.strategy, arm.label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,10 +305,13 @@ def _stat_cols(st: Stat) -> list[object]:
 def client_table(arms: Sequence[Arm], metric: str, split: str, number: int) -> Table:
     """The study's Tables 1 (accuracy) and 2 (macro-F1): per arm and client, global vs
     personalized and the change, over seeds."""
-    what = {"acc": "accuracy", "f1": "macro-F1"}[metric]
-    header = ["strategy", "client", f"global {what} (%)", f"personalized {what} (%)", "change (pp)", "seeds"]
+    from pfl.metrics import title
+
+    what = title(metric)
+    header = ["strategy", "client", f"global {what} (%)", f"personalized {what} (%)", "change (pp)", "beats",
+              "personalized 95% CI (%)", "seeds"]
     csv_header = ["strategy", "client", "global_mean", "global_std", "personal_mean", "personal_std",
-                  "change_mean", "change_std", "seeds"]
+                  "change_mean", "change_std", "beats", "personal_ci_lo", "personal_ci_hi", "seeds"]
     rows, csv_rows = [], []
     for arm in arms:
         unseen = arm.unseen()
@@ -316,38 +327,53 @@ def client_table(arms: Sequence[Arm], metric: str, split: str, number: int) -> T
             sg, sp, sd = Stat.of(arm.values(g)), Stat.of(arm.values(p)), Stat.of(arm.delta(p, g))
             if sg.n == 0 and sp.n == 0:
                 continue
+            # Beats and the bootstrap interval over them (logged at the last round; mean over seeds).
+            beats = Stat.of(arm.values(p.replace(f".personal.{metric}", ".n")))
+            lo, hi = Stat.of(arm.values(p + ".ci_lo")), Stat.of(arm.values(p + ".ci_hi"))
+            ci = f"{100 * lo.mean:.1f}-{100 * hi.mean:.1f}" if lo.n and hi.n else "-"
             rows.append([arm.label, f"**{client}**" if client.startswith("mean") else client,
-                         sg.fmt(), sp.fmt(), sd.fmt(signed=True), str(max(sg.n, sp.n))])
-            csv_rows.append([arm.label, client, *_stat_cols(sg), *_stat_cols(sp), *_stat_cols(sd), max(sg.n, sp.n)])
+                         sg.fmt(), sp.fmt(), sd.fmt(signed=True), f"{beats.mean:.0f}" if beats.n else "-", ci,
+                         str(max(sg.n, sp.n))])
+            csv_rows.append([arm.label, client, *_stat_cols(sg), *_stat_cols(sp), *_stat_cols(sd),
+                             beats.mean if beats.n else math.nan, lo.mean if lo.n else math.nan,
+                             hi.mean if hi.n else math.nan, max(sg.n, sp.n)])
     return Table(f"table{number}_{'accuracy' if metric == 'acc' else 'macro_f1'}",
                  f"Table {number}: {split} {what} per client, global vs personalized model", header, rows,
                  csv_header, csv_rows, text_columns=2)
 
 
 def _summary_metrics(arms: Sequence[Arm], split: str) -> list[tuple[str, str | tuple[str, str], float]]:
-    """(label, metric key or (a, b) for the per-seed change a - b, scale)."""
+    """(label, metric key or (a, b) for the per-seed change a - b, scale), for every metric of
+    pfl.metrics.METRICS and the pooled per-class Se / +P."""
+    from pfl.metrics import AAMI_SCORED, METRICS, title
+
     s = split
-    out: list[tuple[str, str | tuple[str, str], float]] = [
-        ("accuracy, mean over clients: global (%)", f"{s}.global.acc.mean", 100),
-        ("accuracy, mean over clients: personalized (%)", f"{s}.personal.acc.mean", 100),
-        ("accuracy, worst client: personalized (%)", f"{s}.personal.acc.worst", 100),
-        ("macro-F1, mean over clients: global (%)", f"{s}.global.f1.mean", 100),
-        ("macro-F1, mean over clients: personalized (%)", f"{s}.personal.f1.mean", 100),
-        ("macro-F1 change, personalized - global (pp)", (f"{s}.personal.f1.mean", f"{s}.global.f1.mean"), 100),
-        ("macro-F1, worst client: global (%)", f"{s}.global.f1.worst", 100),
-        ("macro-F1, worst client: personalized (%)", f"{s}.personal.f1.worst", 100),
-        ("macro-F1, std across clients: global (pp)", f"{s}.global.f1.std", 100),
-        ("macro-F1, std across clients: personalized (pp)", f"{s}.personal.f1.std", 100),
-        ("macro-F1, pooled over clients: global (%)", f"{s}.global.f1.pooled", 100),
-        ("macro-F1, pooled over clients: personalized (%)", f"{s}.personal.f1.pooled", 100),
-    ]
-    if any(a.unseen() for a in arms):
+    out: list[tuple[str, str | tuple[str, str], float]] = []
+    for m, metric in METRICS.items():
+        t = metric.title
         out += [
-            ("unseen clients: macro-F1, mean: global (%)", f"unseen.{s}.global.f1.mean", 100),
-            ("unseen clients: macro-F1, mean: personalized (%)", f"unseen.{s}.personal.f1.mean", 100),
-            ("unseen clients: macro-F1, worst client: personalized (%)", f"unseen.{s}.personal.f1.worst", 100),
-            ("unseen clients: macro-F1, pooled: personalized (%)", f"unseen.{s}.personal.f1.pooled", 100),
+            (f"{t}, mean over clients: global (%)", f"{s}.global.{m}.mean", 100),
+            (f"{t}, mean over clients: personalized (%)", f"{s}.personal.{m}.mean", 100),
+            (f"{t} change, personalized - global (pp)", (f"{s}.personal.{m}.mean", f"{s}.global.{m}.mean"), 100),
+            (f"{t}, worst client: global (%)", f"{s}.global.{m}.worst", 100),
+            (f"{t}, worst client: personalized (%)", f"{s}.personal.{m}.worst", 100),
+            (f"{t}, std across clients: personalized (pp)", f"{s}.personal.{m}.std", 100),
+            (f"{t}, pooled over clients: global (%)", f"{s}.global.{m}.pooled", 100),
+            (f"{t}, pooled over clients: personalized (%)", f"{s}.personal.{m}.pooled", 100),
         ]
+    for fam in ("se", "ppv"):
+        for c in AAMI_SCORED:
+            for model, name in (("global", "global"), ("personal", "personalized")):
+                out.append((f"{title(f'{fam}_{c}')}, pooled: {name} (%)", f"{s}.{model}.{fam}_{c}.pooled", 100))
+    if any(a.unseen() for a in arms):
+        for m, metric in METRICS.items():
+            t = metric.title
+            out += [
+                (f"unseen clients: {t}, mean: global (%)", f"unseen.{s}.global.{m}.mean", 100),
+                (f"unseen clients: {t}, mean: personalized (%)", f"unseen.{s}.personal.{m}.mean", 100),
+                (f"unseen clients: {t}, worst client: personalized (%)", f"unseen.{s}.personal.{m}.worst", 100),
+                (f"unseen clients: {t}, pooled: personalized (%)", f"unseen.{s}.personal.{m}.pooled", 100),
+            ]
     out.append(("run time (min)", "__seconds__", 1 / 60))
     return out
 
@@ -381,8 +407,8 @@ def summary_table(arms: Sequence[Arm], split: str) -> Table:
 def centralized_table(arms: Sequence[Arm], split: str) -> Table | None:
     """Centralized training vs FedAvg: arms that differ only in `mode`, per client, the global model."""
     pairs = []
-    for c in (a for a in arms if a.mode == "centralized" and a.strategy == "none"):
-        for f in (a for a in arms if a.mode == "federated" and a.strategy == "none"):
+    for c in (a for a in arms if a.mode == "centralized" and a.baseline):
+        for f in (a for a in arms if a.mode == "federated" and a.baseline):
             if {k: v for k, v in c.key if k != "mode"} == {k: v for k, v in f.key if k != "mode"}:
                 pairs.append((c, f))
     if not pairs:
@@ -448,8 +474,9 @@ def build(client, experiment_name: str | None, split: str = "test") -> tuple[obj
              "Numbers are mean ± sample standard deviation (ddof=1) over seeds; no ± where an arm has one seed. "
              "'std across clients' is the population std (ddof=0) over one run's clients, then averaged over "
              "seeds. Changes are personalized - global per seed, then averaged. pp = percentage points.",
-             "FedAvg = strategy `none` (its personalized model is the global model); FedAvg+FT = `finetune`; "
-             "Per-FedAvg = `perfedavg`."]
+             "; ".join(dict.fromkeys(f"{a.display} = strategy `{a.strategy}`" for a in arms if a.display))
+             + ". Strategies with no single global model (FedPer, FedRep, LG-FedAvg, FedBN, Local) report "
+             "personalized models only."]
     superseded = sum(a.superseded for a in arms)
     if superseded:
         notes.append(f"{superseded} older run(s) of a seed already reported were left out: the latest finished "

@@ -36,13 +36,18 @@ def load_federation(cfg: DictConfig) -> Federation:
 
 
 def default_run_name(cfg: DictConfig) -> str:
-    name = f"{cfg.mode}-{cfg.strategy.name}" if cfg.mode == "centralized" else str(cfg.strategy.name)
+    name = str(cfg.strategy.name)
+    adapt = cfg.get("adapt") or {}
+    if adapt.get("_target_"):
+        name += f"+{adapt.get('name', 'adapt')}"
+    if cfg.mode == "centralized":
+        name = f"{cfg.mode}-{name}"
     try:
         from hydra.core.hydra_config import HydraConfig
 
         # Keys that change results name the run; paths, logging and the like do not.
-        skip = ("seed=", "strategy=", "experiment=", "hparams_search=", "mode=", "hydra",
-                *(k for k in cfgmod.VOLATILE if k not in cfgmod.SHORTCUTS))
+        skip = ("seed=", "strategy=", "adapt=", "experiment=", "hparams_search=", "mode=", "hydra",
+                *cfgmod.VOLATILE)
         overrides = [o for o in HydraConfig.get().overrides.task
                      if not o.lstrip("+~").startswith(skip)]
         if overrides:
@@ -53,12 +58,18 @@ def default_run_name(cfg: DictConfig) -> str:
     return f"{name}-s{cfg.seed}"
 
 
-def run_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
+def run_tags(cfg: DictConfig, config_hash: str, strategy=None) -> dict[str, str]:
+    """Run tags; with the built strategy, its display label, order and role for reports."""
     from pfl.tracking import git_commit
 
-    tags = {"strategy": str(cfg.strategy.name), "partition": str(cfg.partition.get("name", "")),
+    tags = {"strategy": str(cfg.strategy.name), "adapt": str((cfg.get("adapt") or {}).get("name", "none")),
+            "partition": str(cfg.partition.get("name", "")),
             "model": str(cfg.model._target_).rsplit(".", 1)[-1], "seed": str(cfg.seed), "mode": str(cfg.mode),
             "study": str(cfg.study), "git_commit": git_commit(), "config_hash": config_hash}
+    if strategy is not None:
+        tags.update(strategy_label=strategy.display, strategy_order=str(strategy.order),
+                    strategy_baseline=str(bool(strategy.baseline and strategy.adapter is None)).lower(),
+                    strategy_has_global=str(bool(strategy.has_global)).lower())
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -75,7 +86,7 @@ def run_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
 def train(cfg: DictConfig, console=None) -> Result:
     """Validate, load, train, evaluate, track. Raises PflError for anything the user can fix."""
     cfgmod.prepare(cfg)
-    strategy = build_strategy(cfg.strategy)  # bad hyperparameters fail before data loads
+    strategy = build_strategy(cfg.strategy, cfg.get("adapt"))  # bad hyperparameters fail before data loads
     # null: the cores this process may run on (a Slurm job's or container's CPU set, not the node's).
     torch.set_num_threads(cfg.trainer.get("threads") or len(os.sched_getaffinity(0)))
     fed = load_federation(cfg)
@@ -83,13 +94,18 @@ def train(cfg: DictConfig, console=None) -> Result:
 
     fcfg = cfg.federation
     optimizer = hydra.utils.instantiate(fcfg.optimizer)
-    ctx = Context(trainer=ClientTrainer(**cfg.trainer), optimizer=optimizer, lr=float(fcfg.optimizer.lr),
-                  batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
-                  eval_batch_size=fcfg.eval_batch_size)
-    strategy.bind(ctx)
 
     def model_factory():
         return hydra.utils.instantiate(cfg.model)
+
+    # Centralized: one optimizer over rounds x local_epochs epochs of the pooled data, its
+    # state carried from round to round (rounds only mark evaluations).
+    ctx = Context(trainer=ClientTrainer(**cfg.trainer), optimizer=optimizer, lr=float(fcfg.optimizer.lr),
+                  batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
+                  eval_batch_size=fcfg.eval_batch_size, local_steps=fcfg.get("local_steps"),
+                  model_factory=model_factory, n_clients=len(train_clients),
+                  keep_optimizer=cfg.mode == "centralized")
+    strategy.bind(ctx)
 
     chash = cfgmod.config_hash(cfg)
     digest = fed.digest()
@@ -121,7 +137,7 @@ def train(cfg: DictConfig, console=None) -> Result:
         from pfl.data.stats import federation_stats
         from pfl.tracking import MlflowTracker
 
-        tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash))
+        tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash, strategy))
         tracker.fed_stats = _jsonable(federation_stats(fed))
     from pfl.ledger import Ledger
 

@@ -34,6 +34,7 @@ from pfl import tables
 from pfl.config import flatten
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
+from pfl.metrics import METRICS
 
 log = logging.getLogger(__name__)
 _BATCH = 500  # MLflow accepts up to 1000 metrics / 100 params per log_batch call
@@ -294,7 +295,7 @@ class MlflowTracker(Callback):
         if not self.resumed:
             return result.history
         keys = ["train_loss"] + [f"{s}.{m}.{k}.mean" for s in ("val", "test") for m in ("global", "personal")
-                                 for k in ("acc", "f1")]
+                                 for k in METRICS]
         rounds: dict[int, dict[str, float]] = {}
         for key in keys:
             for m in _retry(self.client.get_metric_history, self.run_id, key):
@@ -306,6 +307,10 @@ class MlflowTracker(Callback):
 
         ev = result.evaluation
         rows = ev.table("test")
+        # Bootstrap intervals of the final per-client macro-F1, for pfl-report's client tables.
+        last = int(self.cfg.federation.rounds)
+        self.log_metrics({f"client.{r['client']}.test.personal.f1.ci_{b}": r[f"f1_personal_{b}"]
+                          for r in rows for b in ("lo", "hi")}, step=int(last))
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             (d / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))

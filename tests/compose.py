@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import pfl  # noqa: F401  (config resolvers)
+from pfl.shortforms import expand
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -29,10 +30,10 @@ def make_cfg(db: Path, tmp_path: Path, *overrides: str, fast: bool = True) -> Di
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose(
             "config",
-            overrides=[
+            overrides=expand([
                 f"data.root={db}",
                 f"paths.root_dir={tmp_path}",
                 *(FAST if fast else ()),
                 *overrides,
-            ],
+            ], str(CONF_DIR)),
         )

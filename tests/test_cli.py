@@ -31,8 +31,28 @@ def test_short_forms_set_the_strategy_hyperparameters(synthetic_db, tmp_path):
 
 
 def test_a_short_form_the_strategy_lacks_is_an_error(synthetic_db, tmp_path):
-    with pytest.raises(ConfigError, match=r"alpha=0\.1.*strategy 'none'"):
-        prepare(make_cfg(synthetic_db, tmp_path, "strategy=none", "alpha=0.1"))
+    proc = _pfl(f"data.root={synthetic_db}", "strategy=none", "alpha=0.1", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: alpha=0.1 is not allowed: expected a hyperparameter of strategy 'none'" in proc.stderr
+    proc = _pfl(f"data.root={synthetic_db}", "strategy=fedprox", "alpha=0.1", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "strategy 'fedprox': mu" in proc.stderr, proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("args, shown", [
+    (("strategy=perfedavg", "alpha=0.005", "beta=0.3"), {"alpha": "0.005", "beta": "0.3"}),
+    (("strategy=fedprox", "mu=0.5"), {"mu": "0.5"}),
+    (("strategy=ditto", "lam=2.0", "personal_epochs=2"), {"lam": "2.0", "personal_epochs": "2"}),
+])
+def test_every_hydra_view_shows_the_short_form_inside_strategy(tmp_path, args, shown):
+    import yaml
+
+    proc = subprocess.run([PFL, *args, "--cfg", "job"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    for key, value in shown.items():
+        assert str(cfg["strategy"][key]) == value
+        assert key not in cfg, f"a top-level {key} beside strategy.{key}"
 
 
 @pytest.mark.parametrize("override, key", [
@@ -75,9 +95,11 @@ def test_finetune_hyperparameters_are_validated():
 
 
 def test_unknown_strategy_lists_the_available_ones():
-    assert {"none", "finetune", "perfedavg"} <= set(available())
-    with pytest.raises(ConfigError, match=r"strategy.name='fedprox'.*finetune, none, perfedavg"):
-        build_strategy({"name": "fedprox"})
+    zoo = {"local", "none", "finetune", "perfedavg", "fedprox", "ditto", "fedper", "fedrep", "lgfedavg", "fedbn",
+           "apfl", "pfedme", "scaffold"}
+    assert zoo <= set(available())
+    with pytest.raises(ConfigError, match=r"strategy.name='nosuch'.*apfl, ditto, fedbn"):
+        build_strategy({"name": "nosuch"})
 
 
 class FrozenServer(Strategy):
@@ -104,7 +126,7 @@ class FrozenServer(Strategy):
 
 
 def test_a_plugin_strategy_from_the_users_module(synthetic_db, tmp_path):
-    cfg = make_cfg(synthetic_db, tmp_path, "strategy=none", "+strategy._target_=test_cli.FrozenServer",
+    cfg = make_cfg(synthetic_db, tmp_path, "strategy=none", "strategy._target_=test_cli.FrozenServer",
                    "strategy.name=frozen", "+strategy.keep=0.5", "federation.rounds=1")
     init = train(make_cfg(synthetic_db, tmp_path / "init", "federation.rounds=1", "federation.local_epochs=1",
                           "federation.optimizer.lr=1e-12"))
@@ -141,20 +163,30 @@ def test_pfl_command_bad_value_is_one_line_and_nonzero(synthetic_db, tmp_path):
     assert proc.returncode == 2
     assert "error: strategy.variant='so' is not allowed: expected one of fo, hf" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = _pfl("strategy=fedprox", tmp_path=tmp_path)
-    assert proc.returncode != 0 and "finetune" in proc.stderr and "perfedavg" in proc.stderr
+    proc = _pfl("strategy=nosuch", tmp_path=tmp_path)
+    assert proc.returncode != 0 and "finetune" in proc.stderr and "scaffold" in proc.stderr
 
 
-def test_the_readme_plugin_example_works(synthetic_db, tmp_path, monkeypatch):
+def test_the_readme_plugin_example_works(synthetic_db, tmp_path):
+    """The README's plugin, written to a module of its own, run by the `pfl` command."""
     import re
-    import types
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "my_strategies.py" in b)
-    module = types.ModuleType("my_strategies")
-    exec(compile(code, "README.md:my_strategies", "exec"), module.__dict__)
-    monkeypatch.setitem(sys.modules, "my_strategies", module)
-    result = train(make_cfg(synthetic_db, tmp_path, "+strategy._target_=my_strategies.LocalHeads",
-                            "strategy.name=local_heads", "federation.local_epochs=3", "federation.optimizer.lr=0.01"))
-    # Clients are evaluated with their own last-trained heads, so personal differs from global.
-    assert result.metrics["test.personal.f1.mean"] != result.metrics["test.global.f1.mean"]
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "my_strategies.py").write_text(code)
+    env = {"PYTHONPATH": str(tmp_path / "plugins")}
+    common = (f"data.root={synthetic_db}", "partition=patient", "model=cnn", "federation.rounds=2",
+              "federation.local_epochs=3", "federation.optimizer.lr=0.01", "logger=none", "trainer.progress=false",
+              "strategy._target_=my_strategies.ProxHeads", "strategy.name=prox_heads")
+    tables = {}
+    for mu in ("0.0", "10.0"):
+        proc = _pfl(*common, f"+strategy.mu={mu}", tmp_path=tmp_path / mu, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        tables[mu] = proc.stdout.split("global vs personalized")[1]
+    # Only personalized models are reported (the global columns are empty), and the penalty
+    # changes training: the tables differ between mu=0 and a strong proximal term.
+    mean = next(line for line in tables["0.0"].splitlines() if "mean" in line)
+    assert mean.count("-") >= 3, mean
+    assert tables["0.0"] != tables["10.0"]
+

@@ -69,12 +69,26 @@ def test_each_partition_builds(real_beats, name):
     if name == "hospitals":
         train = [len(c.train) for c in fed.clients]
         assert sum(int(c.total.sum()) for c in st.clients) == 6300
-        assert train == [1151, 1351, 651]
+        assert train == [1183, 1274, 680]  # split by patient: 5/2/3, 7/3/4, 4/2/2 records
+        for c in fed.clients:
+            train_recs = set(c.train.beat_record.tolist())
+            assert not train_recs & (set(c.test.beat_record.tolist()) | set(c.val.beat_record.tolist()))
         # The case mixes really differ: the cardiac center is far less normal than the others.
         normal = [c.total[0] / c.total.sum() for c in st.clients]
-        assert normal[0] < 0.7 and normal[1] > 0.95
+        assert normal[0] < 0.8 and normal[1] > 0.95
+    # No val or test window shares a sample with a training window, for every default partition.
+    assert st.overlap["val"]["windows"] == 0.0 and st.overlap["test"]["windows"] == 0.0
+    if name in ("hospitals", "dirichlet"):
+        assert st.overlap["test"]["patients"] == 0.0
     if name == "patient":
         assert len(fed.clients) == 44
     if name == "interpatient":
         assert len(fed.training_clients) == 22 and len(fed.clients) == 44
     assert np.isfinite(st.jsd_mean)
+
+
+def test_the_beat_split_overlaps_on_the_real_data(real_beats):
+    cfg = OmegaConf.load(synth.CONF_DIR / "partition" / "hospitals.yaml")
+    cfg.split_by = "beat"
+    st = federation_stats(build_federation(real_beats, cfg, seed=0))
+    assert st.overlap["test"]["windows"] > 0.02 and st.overlap["test"]["patients"] == 1.0

@@ -90,7 +90,7 @@ class NaNWeights(FedAvg):
 
 
 def test_non_finite_weights_with_a_finite_loss_are_caught(_synthetic_db_template, tmp_path):
-    cfg = make_cfg(_synthetic_db_template, tmp_path, *RUN, f"+strategy._target_={__name__}.NaNWeights")
+    cfg = make_cfg(_synthetic_db_template, tmp_path, *RUN, f"strategy._target_={__name__}.NaNWeights")
     with pytest.raises(DivergenceError, match=r"round 2: client 's03' diverged"):
         train(cfg)
     (ckpt_dir,) = (tmp_path / "outputs" / "checkpoints").iterdir()

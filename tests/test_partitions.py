@@ -20,7 +20,7 @@ SPLITS = ("train", "val", "test")
 @pytest.fixture(scope="module")
 def beats(tmp_path_factory):
     d = tmp_path_factory.mktemp("pdb")
-    db = synth.write_synthetic_db(d / "db", records=8)
+    db = synth.write_synthetic_db(d / "db", records=9)
     return load_beats(synth.data_config(db, d / "cache"))
 
 
@@ -34,9 +34,9 @@ def part(name, **overrides):
 SYN = {
     "hospitals": dict(
         sites={
-            "cardiac": {"records": ["s02", "s04"], "budget": 600},
+            "cardiac": {"records": ["s02", "s04", "s07"], "budget": 600},
             "general": {"records": ["s01", "s05", "s03"], "budget": 700},
-            "community": {"records": ["s06"], "budget": 300},
+            "community": {"records": ["s06", "s08", "s09"], "budget": 300},
         }
     ),
     "patient": {},
@@ -75,17 +75,84 @@ def assert_well_formed(beats, fed):
     return seen
 
 
-@pytest.mark.parametrize("name", ["hospitals", "patient", "dirichlet", "interpatient"])
-def test_deterministic_per_seed_and_seed_matters(beats, name):
+WINDOW = 256
+
+
+def overlapping(fed, split):
+    """Oracle by brute force: windows of `split` within WINDOW samples of a federated training
+    window of the same record (or of the client's own training window)."""
+    train = [(str(r), int(s)) for c in fed.clients if c.federated for r, s in ids(c.train)]
+    hit = total = 0
+    for c in fed.clients:
+        pool = train + ([] if c.federated else [(str(r), int(s)) for r, s in ids(c.train)])
+        for r, s in ids(c.split(split)):
+            total += 1
+            hit += any(r == r2 and abs(s - s2) < WINDOW for r2, s2 in pool)
+    return hit, total
+
+
+# patient and interpatient (by time) draw nothing at random: the seed does not change them.
+@pytest.mark.parametrize("name, random", [("hospitals", True), ("patient", False), ("dirichlet", True),
+                                          ("interpatient", False)])
+def test_deterministic_per_seed_and_seed_matters(beats, name, random):
     a, b = fed_of(beats, name, seed=3), fed_of(beats, name, seed=3)
     assert a.digest() == b.digest()
-    assert fed_of(beats, name, seed=4).digest() != a.digest()
+    assert (fed_of(beats, name, seed=4).digest() != a.digest()) == random
     assert a.name == name
     assert_well_formed(beats, a)
 
 
-def test_hospitals(beats):
+@pytest.mark.parametrize("name", ["hospitals", "patient", "dirichlet", "interpatient"])
+def test_default_splits_share_no_sample_with_training(beats, name):
+    from pfl.data.stats import window_overlap
+
+    fed = fed_of(beats, name)
+    for split in ("val", "test"):
+        hit, total = overlapping(fed, split)
+        assert total > 0 and hit == 0, f"{name}/{split}: {hit} of {total} windows overlap a training window"
+        assert window_overlap(fed)[split]["windows"] == 0.0
+
+
+def test_the_beat_split_overlaps_and_the_report_counts_it(beats):
+    from pfl.data.stats import window_overlap
+
+    fed = fed_of(beats, "hospitals", split_by="beat")
+    hit, total = overlapping(fed, "test")
+    assert hit > 0
+    assert window_overlap(fed)["test"]["windows"] == pytest.approx(hit / total)
+
+
+def test_hospitals_by_record_never_tests_a_training_patient(beats):
     fed = fed_of(beats, "hospitals")
+    for c in fed.clients:
+        recs = {s: {r for r, _ in ids(c.split(s))} for s in SPLITS}
+        assert all(recs.values()), f"{c.cid}: a split without patients {recs}"
+        assert not (recs["train"] & recs["test"] or recs["train"] & recs["val"] or recs["val"] & recs["test"])
+        assert set().union(*recs.values()) == set(c.records)
+    # Another seed draws other patients for the splits.
+    assert fed_of(beats, "hospitals", seed=1).digest() != fed.digest()
+
+
+def test_by_record_needs_a_patient_per_split(beats):
+    with pytest.raises(DataError, match=r"site 'a' has 2 record\(s\) \(s01, s02\).*split_by=record needs at least 3"):
+        fed_of(beats, "hospitals", sites={"a": {"records": ["s01", "s02"]}})
+
+
+def test_time_split_is_consecutive_blocks_a_window_apart(beats):
+    fed = fed_of(beats, "hospitals", split_by="time",
+                 sites={"a": {"records": ["s01", "s02"], "budget": None}, "b": {"records": ["s03"], "budget": None}})
+    for c in fed.clients:
+        for r in c.records:
+            t = {s: sorted(x for rr, x in ids(c.split(s)) if rr == r) for s in SPLITS}
+            assert t["train"][-1] + WINDOW <= t["val"][0] and t["val"][-1] + WINDOW <= t["test"][0]
+            n = len(beats.records[r])
+            # Only beats inside a gap are dropped: fewer than two windows' worth per boundary.
+            assert n - 4 <= sum(len(v) for v in t.values()) <= n
+            assert abs(len(t["train"]) - 0.5 * n) <= 3
+
+
+def test_hospitals_by_beat(beats):
+    fed = fed_of(beats, "hospitals", split_by="beat", fractions={"train": 0.5, "val": 0.1, "test": 0.4})
     assert [c.cid for c in fed.clients] == ["cardiac", "general", "community"]
     sizes = {c.cid: tuple(len(c.split(s)) for s in SPLITS) for c in fed.clients}
     for cid, budget in (("cardiac", 600), ("general", 700), ("community", 300)):
@@ -96,18 +163,18 @@ def test_hospitals(beats):
     recs = [set(c.records) for c in fed.clients]
     assert not (recs[0] & recs[1] or recs[0] & recs[2] or recs[1] & recs[2])
     assert {r for c in fed.clients for s in SPLITS for r, _ in ids(c.split(s))} <= {
-        "s01", "s02", "s03", "s04", "s05", "s06"
+        "s01", "s02", "s03", "s04", "s05", "s06", "s07", "s08", "s09"
     }  # fmt: skip
 
 
 def test_hospitals_short_budget_warns_or_errors(beats, caplog):
     sites = {"a": {"records": ["s01"], "budget": 10_000}, "b": {"records": ["s02"], "budget": None}}
-    fed = fed_of(beats, "hospitals", sites=sites)
+    fed = fed_of(beats, "hospitals", sites=sites, split_by="beat")
     assert sum(len(fed.clients[0].split(s)) for s in SPLITS) == len(beats.records["s01"])
     assert sum(len(fed.clients[1].split(s)) for s in SPLITS) == len(beats.records["s02"])
     assert "fewer than its budget 10000" in caplog.text
     with pytest.raises(DataError, match="site 'a' has only"):
-        fed_of(beats, "hospitals", sites=sites, on_short_budget="error")
+        fed_of(beats, "hospitals", sites=sites, on_short_budget="error", split_by="beat")
 
 
 def test_hospitals_overlapping_records(beats):
@@ -127,20 +194,26 @@ def test_hospitals_unknown_record(beats):
         fed_of(beats, "hospitals", sites={"a": {"records": ["s99"]}})
 
 
+def test_unknown_split_by_names_the_choices(beats):
+    with pytest.raises(ConfigError, match=r"partition.split_by='patient'.*record.*time.*beat"):
+        fed_of(beats, "hospitals", split_by="patient")
+
+
 def test_patient_five_minute_boundary(beats):
     fed = fed_of(beats, "patient")
     assert [c.cid for c in fed.clients] == list(beats.records)
     limit = 5 * 60 * 360
     for c in fed.clients:
         assert c.records == [c.cid] and c.federated
-        train = {s for _, s in ids(c.train) | ids(c.val)}
-        test = {s for _, s in ids(c.test)}
-        assert max(train) < limit <= min(test)
+        tr, va = sorted(s for _, s in ids(c.train)), sorted(s for _, s in ids(c.val))
+        test = sorted(s for _, s in ids(c.test))
+        # val is the contiguous end of the training window (minute 4 to 5), a window apart.
+        assert tr[-1] + WINDOW <= va[0] and va[-1] < limit and va[-1] + WINDOW <= test[0]
+        assert tr[-1] < 0.8 * limit <= va[0]
         rb = beats.records[c.cid]
-        assert len(train) == int((rb.sample < limit).sum()) and len(test) == int(
-            (rb.sample >= limit).sum()
-        )
-        assert abs(len(c.val) - 0.2 * len(train)) <= 5
+        early = int((rb.sample < limit).sum())
+        assert early - 2 <= len(tr) + len(va) <= early
+        assert int((rb.sample >= limit).sum()) - 1 <= len(test) <= int((rb.sample >= limit).sum())
         assert {r for r, _ in ids(c.train) | ids(c.val) | ids(c.test)} == {c.cid}
 
 
@@ -149,7 +222,8 @@ def test_patient_minutes_configurable_and_record_subset(beats):
     assert [c.cid for c in fed.clients] == ["s03", "s01"]
     for c in fed.clients:
         assert len(c.val) == 0
-        assert max(s for _, s in ids(c.train)) < 2 * 60 * 360 <= min(s for _, s in ids(c.test))
+        assert max(s for _, s in ids(c.train)) + WINDOW <= min(s for _, s in ids(c.test))
+        assert min(s for _, s in ids(c.test)) >= 2 * 60 * 360
 
 
 def test_client_without_test_beats_is_an_error(beats):
@@ -162,6 +236,9 @@ def test_dirichlet_sizes_and_skew(beats):
     assert [c.cid for c in fed.clients] == ["client_0", "client_1", "client_2", "client_3"]
     total = sum(len(c.split(s)) for c in fed.clients for s in SPLITS)
     assert total == len(beats)
+    # By patient over the pool: no client's test patient trains at any client.
+    train = {r for c in fed.clients for r, _ in ids(c.train)}
+    assert train and not train & {r for c in fed.clients for r, _ in ids(c.test)}
     for c in fed.clients:
         assert sum(len(c.split(s)) for s in SPLITS) >= 50
     skewed = fed_of(beats, "dirichlet", alpha=0.1, n_clients=3)
@@ -205,10 +282,14 @@ def test_interpatient(beats):
     for c in unseen:
         adapt = {s for _, s in ids(c.train) | ids(c.val)}
         assert max(adapt) < 5 * 60 * 360 <= min(s for _, s in ids(c.test))
-        assert len(c.val) > 0
+        assert len(c.val) > 0 and max(s for _, s in ids(c.train)) < min(s for _, s in ids(c.val))
     for c in fed.training_clients:
         n = sum(len(c.split(s)) for s in SPLITS)
-        assert n == len(beats.records[c.cid]) and abs(len(c.train) - 0.7 * n) <= 5
+        total = len(beats.records[c.cid])
+        assert total - 4 <= n <= total and abs(len(c.train) - 0.7 * total) <= 3
+        # DS1 clients split by time: train, then val, then test.
+        assert max(s for _, s in ids(c.train)) + WINDOW <= min(s for _, s in ids(c.val))
+        assert max(s for _, s in ids(c.val)) + WINDOW <= min(s for _, s in ids(c.test))
 
 
 def test_interpatient_overlap(beats):

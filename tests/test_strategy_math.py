@@ -86,8 +86,8 @@ def _torch_batches(batches):
     return [(torch.tensor(x), torch.tensor(y)) for x, y in batches]
 
 
-@pytest.mark.parametrize("variant", ["fo", "hf"])
-def test_perfedavg_meta_step_matches_hand_computation(variant):
+@pytest.mark.parametrize("variant, hvp", [("fo", "exact"), ("hf", "fd"), ("hf", "exact")])
+def test_perfedavg_meta_step_matches_hand_computation(variant, hvp):
     rng = np.random.default_rng(0)
     W, b = rng.normal(size=(2, 3)), rng.normal(size=2)
     batches = _batches(rng)
@@ -96,17 +96,21 @@ def test_perfedavg_meta_step_matches_hand_computation(variant):
     gW1, gb1 = _grad(W, b, *batches[0])
     Wt, bt = W - alpha * gW1, b - alpha * gb1
     gW2, gb2 = _grad(Wt, bt, *batches[1])
-    if variant == "hf":
+    if variant == "hf" and hvp == "fd":
         # The paper's finite-difference Hessian-vector product at w along g, on the third batch.
         gWp, gbp = _grad(W + delta * gW2, b + delta * gb2, *batches[2])
         gWm, gbm = _grad(W - delta * gW2, b - delta * gb2, *batches[2])
         hW, hb = (gWp - gWm) / (2 * delta), (gbp - gbm) / (2 * delta)
         gW2, gb2 = gW2 - alpha * hW, gb2 - alpha * hb
+    elif variant == "hf":
+        # The exact product, with the hand-derived Hessian of softmax cross-entropy.
+        hW, hb = _hvp(W, b, batches[2][0], gW2, gb2)
+        gW2, gb2 = gW2 - alpha * hW, gb2 - alpha * hb
     W_new, b_new = W - beta * gW2, b - beta * gb2
 
     # One step of the Lightning module, fed the same three batches.
     model = _model(W, b)
-    module = MetaModule(model, alpha, beta, variant, delta)
+    module = MetaModule(model, alpha, beta, variant, delta, hvp)
     ClientTrainer().fit(
         module, _Once(tuple(_torch_batches(batches)[: 2 if variant == "fo" else 3])), steps=1
     )
@@ -122,7 +126,7 @@ def test_hf_finite_difference_hvp_agrees_with_exact_hessian():
     model = _model(W, b)
     tb = _torch_batches(batches)
     fo, _ = meta_gradient(model, tb[:2], alpha, "fo")
-    hf, _ = meta_gradient(model, tb, alpha, "hf", delta)
+    hf, _ = meta_gradient(model, tb, alpha, "hf", delta, hvp="fd")
     # hf = fo - alpha * H(w; D'') fo  =>  recover the finite-difference HVP
     hvp_fd = [(f - h) / alpha for f, h in zip(fo, hf, strict=True)]
 
@@ -174,3 +178,42 @@ def test_batch_loader_is_seeded_and_covers_the_split():
     assert a == b and a != c
     assert sorted(v for batch in a for v in batch) == list(range(50))
     assert len(a) == 7  # last batch partial, kept
+
+
+def test_exact_hvp_on_the_cnn_lstm_with_dropout_matches_finite_differences_of_one_mask():
+    """The default model has dropout and runs in train mode: the exact product (double backward)
+    against a float64 central difference whose two passes share the dropout mask (oracle), and
+    the fd mode, which must also share it, against both."""
+    from torch.func import functional_call
+
+    from pfl.models import CNNLSTM
+    from pfl.strategies.perfedavg import hessian_vector
+
+    torch.manual_seed(0)
+    model = CNNLSTM(n_classes=5).double().train()
+    assert any(isinstance(m, nn.Dropout) for m in model.modules())
+    x, y = torch.randn(8, 1, 256, dtype=torch.float64), torch.randint(0, 5, (8,))
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    vec = [torch.randn_like(p) for p in params.values()]
+
+    def grad_at(w, seed):
+        torch.manual_seed(seed)
+        leaves = {k: t.detach().requires_grad_(True) for k, t in w.items()}
+        loss = nn.functional.cross_entropy(functional_call(model, leaves, (x,)), y)
+        return torch.autograd.grad(loss, list(leaves.values()))
+
+    eps = 1e-6
+    plus = grad_at({k: p + eps * v for (k, p), v in zip(params.items(), vec, strict=True)}, 7)
+    minus = grad_at({k: p - eps * v for (k, p), v in zip(params.items(), vec, strict=True)}, 7)
+    oracle = torch.cat([((a - b) / (2 * eps)).flatten() for a, b in zip(plus, minus, strict=True)])
+
+    torch.manual_seed(7)
+    exact = torch.cat([h.flatten() for h in hessian_vector(model, params, (x, y), vec, "exact")])
+    assert torch.linalg.norm(exact - oracle) / torch.linalg.norm(oracle) < 1e-4
+    torch.manual_seed(7)
+    fd = torch.cat([h.flatten() for h in hessian_vector(model, params, (x, y), vec, "fd", delta=1e-6)])
+    assert torch.linalg.norm(fd - exact) / torch.linalg.norm(exact) < 1e-3
+    # Two different masks (what the old meta-step did) give noise, not curvature.
+    other = grad_at({k: p - eps * v for (k, p), v in zip(params.items(), vec, strict=True)}, 8)
+    noisy = torch.cat([((a - b) / (2 * eps)).flatten() for a, b in zip(plus, other, strict=True)])
+    assert torch.linalg.norm(noisy - exact) / torch.linalg.norm(exact) > 10

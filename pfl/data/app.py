@@ -8,7 +8,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pfl.cli import CONF_DIR, fail
+from pfl.cli import CONF_DIR, fail, with_short_forms
 from pfl.errors import PflError
 
 
@@ -23,12 +23,14 @@ def run(cfg: DictConfig):
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except PflError as e:
         fail(e)
 
+
+main = with_short_forms(_main)
 
 if __name__ == "__main__":
     main()

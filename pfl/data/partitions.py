@@ -3,7 +3,9 @@
 Each partition YAML names its function in `_target_`; `build_federation` calls it with the
 beats, the seed and the YAML's other keys. Every function is deterministic for a seed: each
 client draws from its own random stream derived from (seed, client id, purpose), so adding a
-client or reordering records does not reshuffle the others. Splits never share a beat.
+client or reordering records does not reshuffle the others. Splits never share a beat, and
+by default never a sample: val and test windows do not overlap a training window (split by
+patient, or by time with a one-window gap), so `pfl-data` reports 0 overlap.
 """
 
 from __future__ import annotations
@@ -153,13 +155,13 @@ def _client(
 def _time_split(
     pool: _Pool, minutes: float, val_fraction: float, rng: np.random.Generator, key: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First `minutes` of the record (by R-peak time) -> train + val, the rest -> test."""
+    """First `minutes` of the record (by R-peak time) -> train then val (its last
+    `val_fraction`, contiguous), the rest -> test; a beat window apart at each boundary."""
     if minutes <= 0:
         raise ConfigError(key, minutes, "a number of minutes > 0")
-    early = pool.sample < minutes * 60.0 * pool.fs
-    first, rest = np.flatnonzero(early), np.flatnonzero(~early)
-    tr, va = _stratified(pool.y[first], (1 - val_fraction, val_fraction), rng)
-    return first[tr], first[va], rest
+    end = minutes * 60.0 * float(pool.fs[0]) if len(pool) else 0.0
+    tr, va, te = _blocks(pool.sample, [(1 - val_fraction) * end, end], pool.x.shape[1])
+    return tr, va, te
 
 
 def _check_val_fraction(v: float, key: str) -> float:
@@ -167,6 +169,86 @@ def _check_val_fraction(v: float, key: str) -> float:
     if not 0 <= v < 1:
         raise ConfigError(key, v, "a fraction in [0, 1)")
     return v
+
+
+SPLIT_BY = ("record", "time", "beat")
+
+
+def _check_split_by(value: Any) -> str:
+    if value not in SPLIT_BY:
+        raise ConfigError(
+            "partition.split_by", value,
+            "record (test patients never train) | time (consecutive blocks per record, a window "
+            "apart) | beat (random beats: the intra-patient setting, inflated)",
+        )
+    return str(value)
+
+
+def _blocks(sample: np.ndarray, bounds: Sequence[float], window: int) -> list[np.ndarray]:
+    """Positions of consecutive time blocks `bounds[i-1] <= sample < bounds[i]` of one record,
+    each block starting at least `window` samples after the last kept beat of the blocks before,
+    so no two blocks share a sample (a beat's window is `window` samples long)."""
+    edges = [-np.inf, *bounds, np.inf]
+    out, last = [], None
+    for a, b in zip(edges, edges[1:], strict=False):
+        idx = np.flatnonzero((sample >= a) & (sample < b))
+        if last is not None:
+            idx = idx[sample[idx] - last >= window]
+        if len(idx):
+            last = sample[idx].max()
+        out.append(idx)
+    return out
+
+
+def _by_time(pool: _Pool, idx: np.ndarray, fractions: Sequence[float]) -> list[np.ndarray]:
+    """Each record's beats in idx split by R-peak time into consecutive blocks of `fractions`
+    of its beats, a window apart (the beats inside the gap are dropped)."""
+    window = pool.x.shape[1]
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for r in dict.fromkeys(pool.record[idx].tolist()):
+        mine = idx[pool.record[idx] == r]
+        mine = mine[np.argsort(pool.sample[mine], kind="stable")]
+        cuts = np.cumsum([_round(len(mine) * f) for f in fractions[:-1]])
+        bounds = [pool.sample[mine[min(c, len(mine) - 1)]] if c < len(mine) else np.inf for c in cuts]
+        for i, blk in enumerate(_blocks(pool.sample[mine], bounds, window)):
+            parts[i].append(mine[blk])
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def _by_record(pool: _Pool, idx: np.ndarray, fractions: Sequence[float], rng: np.random.Generator,
+               who: str) -> list[np.ndarray]:
+    """The records (patients) in idx divided between the splits by `fractions` of their number:
+    a test patient never trains."""
+    recs = list(dict.fromkeys(pool.record[idx].tolist()))
+    need = sum(1 for f in fractions if f > 0)
+    if len(recs) < need:
+        raise DataError(
+            f"{who} has {len(recs)} record(s) ({', '.join(recs)}); partition.split_by=record needs at "
+            f"least {need}, one per split: give it more records or use split_by=time"
+        )
+    order = [recs[i] for i in rng.permutation(len(recs))]
+    counts = [max(1, _round(len(recs) * f)) if f > 0 else 0 for f in fractions]
+    # The first split (train) absorbs the rounding, never leaving a split without a patient.
+    counts[0] = len(recs) - sum(counts[1:])
+    while counts[0] < 1:
+        j = int(np.argmax(counts[1:])) + 1
+        counts[j] -= 1
+        counts[0] += 1
+    parts, start = [], 0
+    for n in counts:
+        chosen = set(order[start:start + n])
+        parts.append(idx[np.isin(pool.record[idx], list(chosen))])
+        start += n
+    return parts
+
+
+def _split(pool: _Pool, idx: np.ndarray, fractions: Sequence[float], rng: np.random.Generator,
+           split_by: str, who: str) -> list[np.ndarray]:
+    if split_by == "record":
+        return _by_record(pool, idx, fractions, rng, who)
+    if split_by == "time":
+        return _by_time(pool, idx, fractions)
+    return [idx[p] for p in _stratified(pool.y[idx], fractions, rng)]
 
 
 # --------------------------------------------------------------------------- partitions
@@ -178,10 +260,14 @@ def hospitals(
     sites: Mapping[str, Mapping[str, Any]],
     fractions: Mapping[str, float] | None = None,
     on_short_budget: str = "warn",
+    split_by: str = "record",
     name: str = "hospitals",
 ) -> Federation:
     """A few sites, each pooling the beats of its own patients (records), down-sampled at
-    random to its beat budget and split train / val / test stratified by class."""
+    random to its beat budget and split train / val / test: by patient (`split_by=record`,
+    the site's test patients never train), by time within each record (`time`), or at random
+    stratified by class (`beat`, the intra-patient setting of the reference study)."""
+    split_by = _check_split_by(split_by)
     sites = _plain(sites)
     if not isinstance(sites, Mapping) or not sites:
         raise ConfigError(
@@ -238,8 +324,8 @@ def hospitals(
                 if on_short_budget == "error":
                     raise DataError(msg + " (partition.on_short_budget=error)")
                 log.warning("%s; using all of them", msg)
-        parts = _stratified(pool.y[idx], fr, rng)
-        clients.append(_client(site, pool, *(idx[p] for p in parts), records=recs))
+        parts = _split(pool, idx, fr, rng, split_by, f"site {site!r}")
+        clients.append(_client(site, pool, *parts, records=recs))
     return Federation(name=name, classes=list(beats.classes), clients=clients)
 
 
@@ -275,12 +361,16 @@ def dirichlet(
     records: Any = "all",
     fractions: Mapping[str, float] | None = None,
     max_retries: int = 100,
+    split_by: str = "record",
     name: str = "dirichlet",
 ) -> Federation:
     """Pooled beats split over n_clients with label skew: for every class, the shares of the
     clients are drawn from Dirichlet(alpha). Draws are repeated (at most max_retries times)
-    until every client has min_samples beats. Not patient-disjoint: a patient's beats spread
-    over clients."""
+    until every client has min_samples beats. A patient's beats spread over clients; the
+    train / val / test division is made first over the pooled beats (`split_by=record`: by
+    patient, `time`: consecutive blocks per record, `beat`: at random within each client), so
+    with record or time no val or test beat shares a sample with any client's training beat."""
+    split_by = _check_split_by(split_by)
     alpha = float(alpha)
     if not alpha > 0 or not math.isfinite(alpha):
         raise ConfigError(
@@ -303,6 +393,12 @@ def dirichlet(
             )
         if int(max_beats) < len(pool):
             idx_all = np.sort(rng.choice(len(pool), size=int(max_beats), replace=False))
+    which = None
+    if split_by != "beat":
+        which = np.full(len(pool), -1)
+        for i, part in enumerate(_split(pool, idx_all, fr, _rng(seed, name, "split"), split_by, "the pooled records")):
+            which[part] = i
+        idx_all = idx_all[which[idx_all] >= 0]  # beats in a time gap belong to no split
     total = len(idx_all)
     most = total // min_samples
     if not 1 <= int(n_clients) <= most:
@@ -345,8 +441,11 @@ def dirichlet(
     for k in range(n_clients):
         cid = f"client_{k:0{width}d}"
         mine = idx_all[np.sort(np.concatenate(shares[k]))]
-        parts = _stratified(pool.y[mine], fr, _rng(seed, name, cid))
-        clients.append(_client(cid, pool, *(mine[p] for p in parts)))
+        if which is None:
+            parts = [mine[p] for p in _stratified(pool.y[mine], fr, _rng(seed, name, cid))]
+        else:
+            parts = [mine[which[mine] == i] for i in range(3)]
+        clients.append(_client(cid, pool, *parts))
     return Federation(name=name, classes=list(beats.classes), clients=clients)
 
 
@@ -358,10 +457,12 @@ def interpatient(
     fractions: Mapping[str, float] | None = None,
     adapt_minutes: float = 5.0,
     val_fraction: float = 0.2,
+    split_by: str = "time",
     name: str = "interpatient",
 ) -> Federation:
     """de Chazal's inter-patient division: DS1 records are the federated clients (each splits
-    its own beats train / val / test, stratified); DS2 records are unseen clients
+    its own beats train / val / test by `fractions`: by time in consecutive blocks a window
+    apart, or `split_by=beat` at random); DS2 records are unseen clients
     (federated=False) whose first adapt_minutes are their adaptation data (train, with a
     val part) and the rest their test data. No patient is in both."""
     d1 = _records(beats, ds1, "partition.ds1")
@@ -376,9 +477,10 @@ def interpatient(
     fr = _fractions(fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
     val_fraction = _check_val_fraction(val_fraction, "partition.val_fraction")
     clients = []
+    split_by = _check_split_by(split_by)
     for r in d1:
         pool = _Pool(beats, [r])
-        parts = _stratified(pool.y, fr, _rng(seed, name, r))
+        parts = _split(pool, np.arange(len(pool)), fr, _rng(seed, name, r), split_by, f"record {r}")
         clients.append(_client(r, pool, *parts, records=[r]))
     for r in d2:
         pool = _Pool(beats, [r])

@@ -48,6 +48,9 @@ class FederationStats:
     jsd_mean: float  # mean JSD over all clients
     jsd_mean_federated: float  # mean JSD over clients that train in the federation
     split_totals: dict[str, np.ndarray] = field(default_factory=dict)
+    # split -> {"windows": fraction overlapping a training window, "patients": fraction from
+    # patients with training beats}
+    overlap: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -56,6 +59,7 @@ class FederationStats:
             "pooled": self.pooled.tolist(),
             "jsd_mean": self.jsd_mean,
             "jsd_mean_federated": self.jsd_mean_federated,
+            "overlap": self.overlap,
             "clients": [
                 {
                     "cid": c.cid,
@@ -72,6 +76,55 @@ class FederationStats:
 def _nanmean(values: list[float]) -> float:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
     return float(v.mean()) if len(v) else float("nan")
+
+
+def _train_index(splits) -> dict[str, np.ndarray]:
+    by_rec: dict[str, list[np.ndarray]] = {}
+    for sp in splits:
+        if sp.beat_record is None or sp.beat_sample is None:
+            continue
+        for r in np.unique(sp.beat_record):
+            by_rec.setdefault(str(r), []).append(sp.beat_sample[sp.beat_record == r])
+    return {r: np.sort(np.concatenate(v)) for r, v in by_rec.items()}
+
+
+def _overlapping(split, index: dict[str, np.ndarray], window: int) -> tuple[int, int]:
+    """(windows of split sharing a sample with a window in index, windows of split whose
+    patient has a window in index)."""
+    if split.beat_record is None or split.beat_sample is None or not len(split):
+        return 0, 0
+    hit = same = 0
+    for r in np.unique(split.beat_record):
+        s = split.beat_sample[split.beat_record == r]
+        train = index.get(str(r))
+        if train is None or not len(train):
+            continue
+        same += len(s)
+        pos = np.searchsorted(train, s)
+        near = np.minimum(np.abs(s - train[np.clip(pos, 0, len(train) - 1)]),
+                          np.abs(s - train[np.clip(pos - 1, 0, len(train) - 1)]))
+        hit += int((near < window).sum())
+    return hit, same
+
+
+def window_overlap(fed: Federation) -> dict[str, dict[str, float]]:
+    """Per split (val, test): the fraction of windows that share a sample with a training
+    window (`windows`), and the fraction from patients who have training beats (`patients`).
+
+    Training windows are the federated clients' train splits (what the global model saw) and,
+    for a client that never trained in the federation, its own adaptation data as well.
+    """
+    fed_index = _train_index(c.train for c in fed.clients if c.federated)
+    window = next((c.train.x.shape[-1] for c in fed.clients if len(c.train)), 0)
+    out = {}
+    for split in ("val", "test"):
+        hit = same = total = 0
+        for c in fed.clients:
+            index = fed_index if c.federated else _train_index([*(x.train for x in fed.clients if x.federated), c.train])
+            h, p = _overlapping(c.split(split), index, window)
+            hit, same, total = hit + h, same + p, total + len(c.split(split))
+        out[split] = {"windows": hit / total if total else 0.0, "patients": same / total if total else 0.0}
+    return out
 
 
 def federation_stats(fed: Federation) -> FederationStats:
@@ -101,6 +154,7 @@ def federation_stats(fed: Federation) -> FederationStats:
         split_totals={
             s: sum((c.counts[s] for c in clients), np.zeros(k, dtype=np.int64)) for s in SPLITS
         },
+        overlap=window_overlap(fed),
     )
 
 
@@ -149,5 +203,12 @@ def print_stats(fed: Federation, console=None) -> FederationStats:
     console.print(
         line
         + "  [JSD: Jensen-Shannon divergence, base 2, of the client's labels vs the pooled labels]"
+    )
+    ov = st.overlap
+    console.print(
+        "windows sharing samples with a training window: "
+        + ", ".join(f"{s} {100 * ov[s]['windows']:.2f}%" for s in ("val", "test"))
+        + "; beats from patients with training beats: "
+        + ", ".join(f"{s} {100 * ov[s]['patients']:.1f}%" for s in ("val", "test"))
     )
     return st

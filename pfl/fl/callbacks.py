@@ -22,6 +22,7 @@ class RoundInfo:
     diverged: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     client_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    server_state: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 

@@ -43,6 +43,7 @@ class Checkpointer(Callback):
             "round": info.rnd,
             "global": info.global_after,
             "client_states": info.client_states,
+            "server_state": info.server_state,
             "torch_rng": torch.get_rng_state(),
             "config_hash": self.config_hash,
             "fed_digest": self.fed_digest,
@@ -76,4 +77,5 @@ def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[Serv
         raise PflError(f"resume={str(path)!r}: checkpoint was trained on different data (partition digest "
                        "differs); resume needs the same data and partition")
     torch.set_rng_state(ckpt["torch_rng"])
-    return ServerState(ckpt["round"], ckpt["global"], ckpt["client_states"]), ckpt.get("meta", {})
+    return (ServerState(ckpt["round"], ckpt["global"], ckpt["client_states"], ckpt.get("server_state", {})),
+            ckpt.get("meta", {}))

@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from pfl.data.types import Client
-from pfl.metrics import confusion, predict, scores, summarize
+from pfl.metrics import (
+    METRICS,
+    PER_CLASS,
+    bootstrap_ci,
+    confusion,
+    empty_scores,
+    predict,
+    scores,
+    summarize,
+)
 
 SPLITS = ("val", "test")
 MODELS = ("global", "personal")
@@ -32,8 +41,9 @@ class Evaluation:
         return {k: v for k, v in out.items() if v}
 
     def metrics(self) -> dict[str, float]:
-        """Flat metric names: `[unseen.]<split>.<model>.<acc|f1>.<mean|wmean|worst|std|pooled>`,
-        `client.<cid>.<split>.<model>.<acc|f1>`, and pooled per-class F1."""
+        """Flat metric names: `[unseen.]<split>.<model>.<metric>.<mean|wmean|worst|std|pooled>`
+        for every metric of pfl.metrics.METRICS, pooled per-class `<split>.<model>.<se|ppv|f1>_<c>.pooled`,
+        and per client `client.<cid>.<split>.<model>.<metric>`."""
         out: dict[str, float] = {}
         for (split, model), per_client in self.scores.items():
             for prefix, members in self.groups().items():
@@ -43,40 +53,49 @@ class Evaluation:
                 cms = {c: self.cms[(split, model)][c] for c in ids}
                 for k, val in summarize(sub, sizes, cms, self.classes).items():
                     out[f"{prefix}{split}.{model}.{k}"] = val
-                pooled = scores(sum(cms.values()), self.classes)
-                for cls in self.classes:
-                    if f"f1_{cls}" in pooled:
-                        out[f"{prefix}{split}.{model}.f1_{cls}.pooled"] = pooled[f"f1_{cls}"]
             for cid, s in per_client.items():
-                for m in ("acc", "f1"):
-                    if not np.isnan(s[m]):
+                out[f"client.{cid}.{split}.n"] = float(self.cms[(split, model)][cid].sum())
+                for m in METRICS:
+                    if not np.isnan(s.get(m, np.nan)):
                         out[f"client.{cid}.{split}.{model}.{m}"] = s[m]
         return out
 
-    def table(self, split: str = "test") -> list[dict[str, Any]]:
-        """Rows for the final per-client table: global vs personalized, and the change."""
+    def table(self, split: str = "test", ci: int = 1000) -> list[dict[str, Any]]:
+        """Rows for the final per-client table: global vs personalized and the change for each
+        metric, a bootstrap 95% interval of the personalized macro-F1 over the client's beats
+        (`ci` resamples; 0 for none), and the personalized per-class scores."""
         rows = []
         for c in self.clients:
-            g, p = self.scores[(split, "global")][c.cid], self.scores[(split, "personal")][c.cid]
-            rows.append({
-                "client": c.cid, "federated": c.federated, "n": len(c.split(split)),
-                "acc_global": g["acc"], "acc_personal": p["acc"], "acc_delta": p["acc"] - g["acc"],
-                "f1_global": g["f1"], "f1_personal": p["f1"], "f1_delta": p["f1"] - g["f1"],
-                **{f"f1_{k}_personal": p.get(f"f1_{k}", float("nan")) for k in self.classes},
-            })
+            # Strategies without one global model (FedPer, FedBN, local) have personal scores only.
+            g = self.scores.get((split, "global"), {}).get(c.cid, empty_scores())
+            p = self.scores[(split, "personal")][c.cid]
+            row: dict[str, Any] = {"client": c.cid, "federated": c.federated, "n": len(c.split(split))}
+            for m in METRICS:
+                gv, pv = g.get(m, float("nan")), p.get(m, float("nan"))
+                row.update({f"{m}_global": gv, f"{m}_personal": pv, f"{m}_delta": pv - gv})
+            lo, hi = (bootstrap_ci(self.cms[(split, "personal")][c.cid], self.classes, "f1", n=ci)
+                      if ci else (float("nan"), float("nan")))
+            row.update({"f1_personal_lo": lo, "f1_personal_hi": hi})
+            for fam, cm in PER_CLASS.items():
+                for k in self.classes:
+                    if cm.classes is None or k in cm.classes:
+                        row[f"{fam}_{k}_personal"] = p.get(f"{fam}_{k}", float("nan"))
+            rows.append(row)
         return rows
 
 
 def client_confusions(global_model: nn.Module, scratch: nn.Module, global_weights: dict[str, torch.Tensor],
                       client: Client, n_classes: int,
                       personalize: Callable[[nn.Module, Client], nn.Module] | None,
-                      batch_size: int = 256) -> dict[tuple[str, str], np.ndarray]:
+                      batch_size: int = 256, with_global: bool = True) -> dict[tuple[str, str], np.ndarray]:
     """Confusion matrices of one client keyed by (split, model); "personal" only when personalizing.
 
-    A function of the client alone, so a backend may run clients in other processes.
+    `with_global=False` for strategies with no single global model (FedPer, FedBN, local):
+    only the personalized models are evaluated and reported. A function of the client alone,
+    so a backend may run clients in other processes.
     """
     n = n_classes
-    models = [("global", global_model)]
+    models = [("global", global_model)] if with_global or personalize is None else []
     if personalize is not None:  # None: the personalized model is the global one
         scratch.load_state_dict(global_weights)
         models.append(("personal", personalize(scratch, client)))
@@ -94,7 +113,7 @@ def add_client(ev: Evaluation, client: Client, cms: dict[tuple[str, str], np.nda
     for (split, model_name), cm in cms.items():
         ev.cms.setdefault((split, model_name), {})[client.cid] = cm
         ev.scores.setdefault((split, model_name), {})[client.cid] = scores(cm, ev.classes) if len(
-            client.split(split)) else {"acc": float("nan"), "f1": float("nan")}
+            client.split(split)) else empty_scores()
     if ("val", "personal") not in cms:
         for split in SPLITS:
             ev.cms.setdefault((split, "personal"), {})[client.cid] = ev.cms[(split, "global")][client.cid]
@@ -103,12 +122,12 @@ def add_client(ev: Evaluation, client: Client, cms: dict[tuple[str, str], np.nda
 
 def evaluate(global_model: nn.Module, scratch: nn.Module, clients: Sequence[Client], classes: list[str],
              personalize: Callable[[nn.Module, Client], nn.Module] | None, batch_size: int = 256,
-             on_client: Callable[[str], None] | None = None) -> Evaluation:
+             on_client: Callable[[str], None] | None = None, with_global: bool = True) -> Evaluation:
     ev = Evaluation(classes, list(clients))
     global_weights = global_model.state_dict()
     for c in clients:
         add_client(ev, c, client_confusions(global_model, scratch, global_weights, c, len(classes), personalize,
-                                            batch_size))
+                                            batch_size, with_global))
         if on_client:
             on_client(c.cid)
     return ev

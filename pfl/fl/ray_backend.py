@@ -6,8 +6,10 @@ client's local update and its personalization are seeded by (seed, round, client
 depend on which process runs them, so the metrics equal the serial backend's when the torch
 thread count per worker equals the serial run's (set `trainer.threads`; a different thread
 count changes the order of floating-point sums, as it would in a serial run). The strategy's
-hooks must act only through what they return (Update, the personalized model): changes a
-replica makes to its own attributes stay in its actor.
+hooks must act only through what they return (Update, the personalized model) and the server
+state: every call ships the driver's `strategy.state_dict()` to the replica, so server state
+(SCAFFOLD's control variate) is the same in every actor; other changes a replica makes to its
+own attributes stay in its actor.
 
 Locally (no address) Ray starts on this machine with one actor per `threads` cores; given
 `federation.ray_address` (e.g. `auto` or `ray://head:10001`) it joins that cluster, whose
@@ -67,14 +69,17 @@ class _Worker:
         return client
 
     def update(self, cid: str, client_ref: list, global_weights: dict[str, torch.Tensor],
-               state: dict[str, Any], rnd: int) -> Update:
+               state: dict[str, Any], rnd: int, server_state: dict[str, Any]) -> Update:
+        self.strategy.load_state_dict(server_state)
         self.model.load_state_dict(global_weights)
         return self.strategy.local_update(self.model, self._client(cid, client_ref), state, rnd)
 
     def evaluate(self, cid: str, client_ref: list, global_weights: dict[str, torch.Tensor],
-                 state: dict[str, Any] | None, rnd: int, n_classes: int, batch_size: int) -> dict:
+                 state: dict[str, Any] | None, rnd: int, n_classes: int, batch_size: int,
+                 server_state: dict[str, Any]) -> dict:
         from pfl.fl.evaluate import client_confusions
 
+        self.strategy.load_state_dict(server_state)
         client = self._client(cid, client_ref)
         if self.global_model is None:
             self.global_model = self.model_factory()
@@ -82,9 +87,9 @@ class _Worker:
         personalize = None
         if state is not None:
             def personalize(model: nn.Module, c: Client) -> nn.Module:
-                return self.strategy.personalize(model, c, state, rnd)
+                return self.strategy.personal_model(model, c, state, rnd)
         return client_confusions(self.global_model, self.model, global_weights, client, n_classes, personalize,
-                                 batch_size)
+                                 batch_size, self.strategy.has_global)
 
     def pid(self) -> int:
         return os.getpid()
@@ -210,7 +215,9 @@ class RayBackend(Backend):
         if not self.actors:
             self.start(server)
         weights = self.ray.put(global_weights)
-        calls = [functools.partial(_call_update, c.cid, self._ref(c), weights, states[c.cid], rnd) for c in clients]
+        server_state = self.ray.put(server.strategy.state_dict())
+        calls = [functools.partial(_call_update, c.cid, self._ref(c), weights, states[c.cid], rnd, server_state)
+                 for c in clients]
         for c, update in zip(clients, self._in_order(calls, [len(c.train) for c in clients]), strict=True):
             yield update
             server._emit("on_client_end", rnd, c.cid)
@@ -223,10 +230,11 @@ class RayBackend(Backend):
             self.start(server)
         clients = server.eval_clients
         weights = self.ray.put(global_model.state_dict())
-        personalizes = bool(server.strategy.personalizes)
+        personalizes = bool(server.strategy.evaluates_personal)
+        server_state = self.ray.put(server.strategy.state_dict())
         calls = [functools.partial(_call_evaluate, c.cid, self._ref(c), weights,
                                    state.client_states[c.cid] if personalizes else None, rnd, len(server.classes),
-                                   server.eval_batch_size) for c in clients]
+                                   server.eval_batch_size, server_state) for c in clients]
         sizes = [len(c.train) * personalizes + len(c.val) + len(c.test) for c in clients]
         ev = Evaluation(server.classes, list(clients))
         for c, cms in zip(clients, self._in_order(calls, sizes), strict=True):
@@ -235,9 +243,9 @@ class RayBackend(Backend):
         return ev
 
 
-def _call_update(cid, ref, weights, state, rnd, actor):
-    return actor.update.remote(cid, ref, weights, state, rnd)
+def _call_update(cid, ref, weights, state, rnd, server_state, actor):
+    return actor.update.remote(cid, ref, weights, state, rnd, server_state)
 
 
-def _call_evaluate(cid, ref, weights, state, rnd, n_classes, batch_size, actor):
-    return actor.evaluate.remote(cid, ref, weights, state, rnd, n_classes, batch_size)
+def _call_evaluate(cid, ref, weights, state, rnd, n_classes, batch_size, server_state, actor):
+    return actor.evaluate.remote(cid, ref, weights, state, rnd, n_classes, batch_size, server_state)

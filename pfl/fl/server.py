@@ -22,6 +22,15 @@ from pfl.strategies.base import Strategy, Update, snapshot
 log = logging.getLogger(__name__)
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) mapping."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    return 0
+
+
 class DivergenceError(PflError):
     pass
 
@@ -56,6 +65,7 @@ class ServerState:
     rnd: int
     global_weights: dict[str, torch.Tensor]
     client_states: dict[str, dict[str, Any]]
+    server: dict[str, Any] = field(default_factory=dict)  # the strategy's state_dict()
 
 
 @dataclass
@@ -115,7 +125,8 @@ class Server:
         model = self.model_factory()
         states = {c.cid: self.strategy.init_client_state(c) for c in {**{c.cid: c for c in self.train_clients},
                                                                        **{c.cid: c for c in self.eval_clients}}.values()}
-        return ServerState(0, snapshot(model), states)
+        weights = snapshot(model)
+        return ServerState(0, weights, states, self.strategy.init_server_state(weights))
 
     def sample(self, rnd: int) -> tuple[list[Client], list[str]]:
         """Clients of this round and those that drop out, both seeded by (seed, round)."""
@@ -135,6 +146,7 @@ class Server:
         global_model = self.model_factory()
         global_model.load_state_dict(state.global_weights)
         work = self.model_factory()
+        self.strategy.load_state_dict(state.server)
         history: list[dict[str, float]] = []
         evaluation: Evaluation | None = None
         self._emit("on_run_start", self)
@@ -163,11 +175,17 @@ class Server:
                 raise DivergenceError(f"round {rnd}: every client update diverged; nothing to aggregate")
             after = self.strategy.aggregate(before, updates)
             global_model.load_state_dict(after)
-            state = ServerState(rnd, after, state.client_states)
+            state = ServerState(rnd, after, state.client_states, self.strategy.state_dict())
             info = RoundInfo(rnd, self.rounds, before, after, updates, dropped, diverged,
-                             client_states=state.client_states)
+                             client_states=state.client_states, server_state=state.server)
             info.metrics["train_loss"] = float(np.average(
                 [u.metrics.get("train_loss", np.nan) for u in updates], weights=[u.num_samples for u in updates]))
+            info.metrics["local_steps"] = float(np.mean([u.metrics.get("steps", np.nan) for u in updates]))
+            # What a client sends per round (shared weights and extras) and receives (the shared
+            # global weights): the communication cost of the strategy.
+            info.metrics["bytes_sent_per_client"] = float(np.mean([u.bytes_sent for u in updates]))
+            info.metrics["bytes_received_per_client"] = float(tensor_bytes(self.strategy.shared(after))
+                                                              + tensor_bytes(state.server))
             if rnd % self.eval_every == 0 or rnd == self.rounds:
                 evaluation = self.evaluate(global_model, work, state, rnd)
                 info.metrics.update(evaluation.metrics())
@@ -185,9 +203,15 @@ class Server:
         parallel = getattr(self.backend, "evaluate", None)  # a backend may evaluate clients in parallel
         if parallel is not None:
             return parallel(self, global_model, state, rnd)
-        personalize = None
-        if self.strategy.personalizes:
-            def personalize(model: nn.Module, client: Client) -> nn.Module:
-                return self.strategy.personalize(model, client, state.client_states[client.cid], rnd)
-        return evaluate(global_model, scratch, self.eval_clients, self.classes, personalize,
-                        self.eval_batch_size, on_client=lambda cid: self._emit("on_client_end", rnd, cid))
+        return evaluate(global_model, scratch, self.eval_clients, self.classes, self.personalizer(state, rnd),
+                        self.eval_batch_size, on_client=lambda cid: self._emit("on_client_end", rnd, cid),
+                        with_global=self.strategy.has_global)
+
+    def personalizer(self, state: ServerState, rnd: int) -> Callable[[nn.Module, Client], nn.Module] | None:
+        """The client's personalized model, or None where it is the global model."""
+        if not self.strategy.evaluates_personal:
+            return None
+
+        def personalize(model: nn.Module, client: Client) -> nn.Module:
+            return self.strategy.personal_model(model, client, state.client_states[client.cid], rnd)
+        return personalize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import warnings
@@ -60,28 +61,54 @@ def cache_callback_discovery() -> None:
         callback_connector._load_external_callbacks = _external_callbacks
 
 
-class LocalModule(pl.LightningModule):
-    """Cross-entropy training of any classifier with the optimizer it is given."""
+#: a training loss of the model on one batch: (model, x, y) -> scalar
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerFactory):
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+class LocalModule(pl.LightningModule):
+    """Training of any classifier on any loss with the optimizer it is given.
+
+    The loss is a function of the model, so strategies add terms (a proximal penalty, a
+    control-variate correction, class weights) without a LightningModule of their own.
+    Only parameters with requires_grad reach the optimizer (frozen parts stay put).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, loss: LossFn | None = None,
+                 optimizer_state: dict | None = None):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
+        self.loss_fn = loss or _cross_entropy
+        self.initial_optimizer_state = optimizer_state
+        self.optimizer: torch.optim.Optimizer | None = None
         self.loss_sum = torch.zeros(())
         self.seen = 0
+        self.steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.cross_entropy(self.model(x), y)
+        loss = self.loss_fn(self.model, x, y)
         self.loss_sum = self.loss_sum + loss.detach().cpu() * len(y)
         self.seen += len(y)
+        self.steps += 1
         return loss
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.model.parameters())
+        self.optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+        if self.initial_optimizer_state:
+            self.optimizer.load_state_dict(self.initial_optimizer_state)
+        return self.optimizer
+
+    def optimizer_state(self) -> dict | None:
+        """The optimizer's state after the fit (to continue it next round), or None."""
+        return None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
 
     @property
     def mean_loss(self) -> float:

@@ -8,8 +8,9 @@ class CNNLSTM(nn.Module):
     """Convolutional blocks feeding an LSTM and a linear head.
 
     Sized like the reference study's 308,485-parameter CNN-LSTM (the defaults give 307,333).
-    No batch norm: its running statistics would make FedAvg average non-parameters and make
-    Per-FedAvg's functional meta-steps mutate buffers.
+    No batch norm by default (`norm="none"`, the reference model): its running statistics
+    would make FedAvg average non-parameters and Per-FedAvg's functional meta-steps mutate
+    buffers. `norm="batch"` adds BatchNorm1d after each convolution (for FedBN).
     """
 
     def __init__(
@@ -21,12 +22,16 @@ class CNNLSTM(nn.Module):
         lstm_hidden: int = 190,
         head_hidden: int = 64,
         dropout: float = 0.2,
+        norm: str = "none",
     ):
         super().__init__()
+        if norm not in ("none", "batch"):
+            raise ValueError(f"model.norm={norm!r} is not allowed: expected none | batch")
         layers: list[nn.Module] = []
         c_in = 1
         for c_out in conv_channels:
-            layers += [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool1d(2)]
+            layers += [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+                       *([nn.BatchNorm1d(c_out)] if norm == "batch" else []), nn.ReLU(), nn.MaxPool1d(2)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.lstm = nn.LSTM(c_in, lstm_hidden, batch_first=True)

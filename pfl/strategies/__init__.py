@@ -1,6 +1,6 @@
-"""Personalization strategies: one module and one YAML each, found by name."""
+"""Personalization strategies: one module and one YAML each."""
 
-from pfl.strategies.base import Context, Strategy, Update, snapshot
-from pfl.strategies.registry import available, build_strategy, register
+from pfl.strategies.base import Adapter, Context, Strategy, Update, snapshot
+from pfl.strategies.registry import available, build_adapter, build_strategy
 
-__all__ = ["Context", "Strategy", "Update", "snapshot", "available", "build_strategy", "register"]
+__all__ = ["Adapter", "Context", "Strategy", "Update", "snapshot", "available", "build_adapter", "build_strategy"]
