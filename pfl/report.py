@@ -160,6 +160,8 @@ def load_runs(client, experiment) -> tuple[list[RunData], dict[str, int]]:
     statuses: dict[str, int] = {}
     out = []
     for r in _search_all(client, experiment.experiment_id):
+        if r.data.tags.get("pfl.sweep_parent") == "true":  # a multirun's parent: its children are the runs
+            continue
         statuses[r.info.status] = statuses.get(r.info.status, 0) + 1
         if r.info.status != "FINISHED":
             continue

@@ -178,6 +178,28 @@ def open_client(uri: str, key: str = "logger.tracking_uri", fix: str = "or use l
     return client
 
 
+def experiment_id(client, cfg: DictConfig, uri: str) -> str:
+    """The id of the study's MLflow experiment (logger.experiment_name), created if missing."""
+    name = str(cfg.logger.experiment_name)
+    exp = _retry(client.get_experiment_by_name, name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise PflError(f"logger.experiment_name={name!r}: that MLflow experiment is deleted; restore it "
+                           "(mlflow experiments restore) or choose another study name")
+        return exp.experiment_id
+    loc = cfg.logger.get("artifact_location")
+    # Only a local store takes a local artifact directory; a server decides its own.
+    local = sqlite_path(uri) is not None or "://" not in uri
+    try:
+        return _retry(client.create_experiment, name,
+                      artifact_location=Path(str(loc)).expanduser().resolve().as_uri() if loc and local else None)
+    except Exception:  # another job created it first
+        exp = _retry(client.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 class MlflowTracker(Callback):
     def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str]):
         import mlflow
@@ -195,24 +217,7 @@ class MlflowTracker(Callback):
         self.extra_artifacts: list[Path] = []  # logged at the end, e.g. the provenance ledger
 
     def _experiment_id(self) -> str:
-        name = str(self.cfg.logger.experiment_name)
-        exp = _retry(self.client.get_experiment_by_name, name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                raise PflError(f"logger.experiment_name={name!r}: that MLflow experiment is deleted; restore it "
-                               "(mlflow experiments restore) or choose another study name")
-            return exp.experiment_id
-        loc = self.cfg.logger.get("artifact_location")
-        # Only a local store takes a local artifact directory; a server decides its own.
-        local = sqlite_path(self.uri) is not None or "://" not in self.uri
-        try:
-            return _retry(self.client.create_experiment, name,
-                          artifact_location=Path(str(loc)).expanduser().resolve().as_uri() if loc and local else None)
-        except Exception:  # another job created it first
-            exp = _retry(self.client.get_experiment_by_name, name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        return experiment_id(self.client, self.cfg, self.uri)
 
     def _trap_sigterm(self) -> None:
         try:
@@ -246,6 +251,11 @@ class MlflowTracker(Callback):
                     _retry(self.client.delete_tag, run_id, "error")
                 return run_id
         tags = {**self.tags, "mlflow.user": _user(), "mlflow.source.name": "pfl", "mlflow.source.type": "LOCAL"}
+        from pfl.sweep import parent_of_job
+
+        parent = parent_of_job()
+        if parent:  # a job of a multirun: nested under the sweep's parent run
+            tags["mlflow.parentRunId"] = parent
         if self.tags.get("git_commit", "unknown") != "unknown":
             tags["mlflow.source.git.commit"] = self.tags["git_commit"]
         run = _retry(self.client.create_run, self._experiment_id(), run_name=self.run_name, tags=tags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -35,7 +36,16 @@ def _runs(root: Path, experiment: str):
     client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{root}/outputs/mlflow.db"))
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None
-    return client, client.search_runs([exp.experiment_id], order_by=["tags.multirun_job ASC"])
+    runs = client.search_runs([exp.experiment_id], order_by=["tags.multirun_job ASC"])
+    return client, [r for r in runs if "pfl.sweep_parent" not in r.data.tags]
+
+
+def _parent(client, runs):
+    """The multirun's parent run: every job is nested under the same one."""
+    (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["pfl.sweep_parent"] == "true" and parent.info.status == "FINISHED"
+    return parent
 
 
 def test_parallel_joblib_jobs_share_one_sqlite_store_and_lose_nothing(synthetic_db, tmp_path):
@@ -59,6 +69,23 @@ def test_parallel_joblib_jobs_share_one_sqlite_store_and_lose_nothing(synthetic_
                     "client.s03.test.personal.f1", "clients.participating"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
         assert f"strategy={run.data.tags['strategy']}" in run.data.tags["overrides"].split()
+    # MLflow's sweep layout: one parent (tagged with the sweep) holding the jobs' summary table.
+    parent = _parent(client, runs)
+    assert json.loads(parent.data.tags["sweep_params"]) == {"strategy": "none,finetune"}
+    assert parent.data.metrics["sweep.jobs"] == 2 and parent.data.metrics["sweep.finished"] == 2
+    summary = Path(client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(tmp_path)))
+    rows = list(csv.DictReader(summary.open()))
+    assert {r["run_id"] for r in rows} == {r.info.run_id for r in runs}
+    for r in rows:
+        child = next(c for c in runs if c.info.run_id == r["run_id"])
+        assert float(r["test.personal.f1.mean"]) == child.data.metrics["test.personal.f1.mean"]
+    # pfl-report reads the nested layout: the parent is not an arm.
+    from pfl.report import main as report
+
+    report(["--experiment", "parallel", "--tracking-uri", f"sqlite:///{tmp_path}/outputs/mlflow.db",
+            "--out", str(tmp_path / "report")])
+    md = next((tmp_path / "report").rglob("*.md")).read_text()
+    assert "2 finished runs in 2 arms" in md
 
 
 def test_optuna_search_tunes_alpha_and_beta_on_validation(synthetic_db, tmp_path):
@@ -77,6 +104,10 @@ def test_optuna_search_tunes_alpha_and_beta_on_validation(synthetic_db, tmp_path
     objective = {r.data.params["strategy.alpha"]: r.data.metrics["val.personal.f1.mean"] for r in runs}
     assert best["best_value"] == pytest.approx(max(objective.values()))
     assert best["best_value"] == pytest.approx(objective[str(best["best_params"]["strategy.alpha"])])
+    # The search's parent run holds the best trial and its parameters.
+    parent = _parent(client, runs)
+    assert parent.data.metrics["best.val.personal.f1.mean"] == pytest.approx(best["best_value"])
+    assert float(parent.data.params["best.strategy.alpha"]) == pytest.approx(best["best_params"]["strategy.alpha"])
 
 
 def test_a_search_cannot_optimize_a_test_metric(synthetic_db, tmp_path):
