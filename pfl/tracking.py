@@ -337,8 +337,48 @@ class MlflowTracker(Callback):
                 if Path(extra).exists():
                     shutil.copy(extra, d / Path(extra).name)
             _retry(self.client.log_artifacts, self.run_id, str(d))
+        if self.cfg.logger.get("log_model", True) and self.tags.get("strategy_has_global", "true") == "true":
+            self._log_model(result.global_weights)
         _retry(self.client.set_terminated, self.run_id, "FINISHED")
         self._release_sigterm()
+
+    def _log_model(self, weights: dict[str, torch.Tensor]) -> None:
+        """The final global model as an MLflow PyTorch model (artifact `model`), so that
+        `mlflow.pyfunc.load_model("runs:/<id>/model")` and `mlflow models serve` classify beats:
+        input float32 (n, 1, window) beats cut and normalized as `data` says, output (n, classes)
+        logits in the order of the `classes` metadata. Strategies without one global model
+        (FedPer, FedRep, FedBN, LG-FedAvg, local) have no single model to serve and log none."""
+        import hydra
+        import mlflow
+        from mlflow.models import infer_signature
+
+        model = hydra.utils.instantiate(self.cfg.model)
+        model.load_state_dict(weights)
+        model.eval()
+        data = self.cfg.data
+        window = int(data.window.before) + int(data.window.after)
+        example = np.zeros((2, 1, window), dtype=np.float32)
+        example[1, 0, int(data.window.before)] = 1.0  # an R peak where the beats have theirs
+        with torch.no_grad():
+            logits = model(torch.from_numpy(example)).numpy()
+        metadata = {"classes": list(self.cfg.data.classes), "fs": int(data.fs),
+                    "window_before": int(data.window.before), "window_after": int(data.window.after),
+                    "normalize": str(data.get("normalize")), "input": "float32 (n, 1, window) beats",
+                    "output": "logits (n, classes)"}
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        try:
+            # Fluent API: log_model needs the run active; ending the context marks it FINISHED,
+            # which on_run_end does next anyway.
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.pytorch.log_model(
+                    model, name="model", signature=infer_signature(example, logits), input_example=example,
+                    metadata=metadata,
+                    # The installed versions: inferring requirements would load the model again.
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                                      f"numpy=={np.__version__}"])
+        finally:
+            mlflow.set_tracking_uri(previous)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)

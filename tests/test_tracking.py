@@ -240,3 +240,38 @@ def test_a_terminated_run_ends_killed_not_running(synthetic_db, tmp_path, monkey
     (run,) = _runs(tmp_path, "term")
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == "Terminated: terminated by SIGTERM"
+
+
+def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, tmp_path):
+    import mlflow
+    import numpy as np
+    import torch
+
+    from pfl.models import SmallCNN
+    from pfl.run import load_federation
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    cfg = make_cfg(synthetic_db, tmp_path, "logger=mlflow", f"logger.tracking_uri={uri}", "study=served")
+    train(cfg)
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    run = _only_run(client, "served")
+    # A beat of a synthetic record, cut and normalized by the data pipeline the model trained on.
+    beat = load_federation(cfg).clients[0].test.x[:1].numpy()
+    mlflow.set_tracking_uri(store_uri(uri))
+    try:
+        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        logits = np.asarray(served.predict(beat))
+    finally:
+        mlflow.set_tracking_uri(None)
+    # Oracle: the plain state dict of the run's final global model, in a fresh torch module.
+    weights = torch.load(client.download_artifacts(run.info.run_id, "global_model.pt", str(tmp_path / "dl")))
+    reference = SmallCNN(**{k: v for k, v in cfg.model.items() if k != "_target_"})
+    reference.load_state_dict(weights)
+    with torch.no_grad():
+        expected = reference.eval()(torch.from_numpy(beat)).numpy()
+    assert logits.shape == (1, 5)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    # The signature says what to send: float32 (n, 1, 256) beats; the metadata names the classes.
+    inputs = served.metadata.get_input_schema().inputs[0]
+    assert inputs.shape == (-1, 1, 256) and str(inputs.type) == "float32"
+    assert served.metadata.metadata["classes"] == ["N", "S", "V", "F", "Q"]
