@@ -10,6 +10,7 @@ the parent. `pfl-report` skips parent runs, so it reads both the nested and the 
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -90,6 +91,25 @@ class MlflowSweepCallback(Callback):
                                                                 f"pfl multirun `{overrides}`: {sweeper}")])
         d.mkdir(parents=True, exist_ok=True)
         (d / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
+        # Hydra skips on_multirun_end when a job fails: close the parent at exit instead.
+        atexit.register(self._abandon)
+
+    def _abandon(self) -> None:
+        """A sweep that stopped early: its parent ends FAILED, or is deleted if no job made a run
+        (a bad config or missing data leaves nothing behind)."""
+        if self.run_id is None or self.client is None:
+            return
+        run_id, self.run_id = self.run_id, None
+        try:
+            exp = self.client.get_run(run_id).info.experiment_id
+            children = self.client.search_runs(
+                [exp], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=1)
+            if children:
+                self.client.set_terminated(run_id, "FAILED")
+            else:
+                self.client.delete_run(run_id)
+        except Exception as e:  # noqa: BLE001 - at exit, with the store possibly gone
+            log.warning("could not close the sweep's parent run %s: %s", run_id, e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None or self.client is None:
@@ -123,3 +143,4 @@ class MlflowSweepCallback(Callback):
         _retry(self.client.log_batch, self.run_id, metrics=metrics, params=params)
         _retry(self.client.set_terminated, self.run_id, "FINISHED")
         log.info("MLflow parent run %s: %d child runs", self.run_id, len(children))
+        self.run_id = None

@@ -110,6 +110,18 @@ def test_optuna_search_tunes_alpha_and_beta_on_validation(synthetic_db, tmp_path
     assert float(parent.data.params["best.strategy.alpha"]) == pytest.approx(best["best_params"]["strategy.alpha"])
 
 
+def test_a_sweep_whose_jobs_fail_leaves_no_open_parent_run(tmp_path):
+    missing = tmp_path / "no_such_db"
+    proc = subprocess.run([PFL, "-m", f"data.root={missing}", "data.download=false", f"paths.root_dir={tmp_path}",
+                           *FAST, "strategy=none,finetune", "study=broken"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and str(missing) in proc.stderr, proc.stderr[-2000:]
+    client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"))
+    exp = client.get_experiment_by_name("broken")
+    assert exp is not None  # the parent was created, then deleted: no job got as far as a run
+    assert client.search_runs([exp.experiment_id]) == []
+
+
 def test_a_search_cannot_optimize_a_test_metric(synthetic_db, tmp_path):
     from compose import make_cfg
 
