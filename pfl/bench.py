@@ -342,8 +342,8 @@ def plain_federated(cfg) -> PlainResult:
     import torch.nn.functional as F
 
     from pfl import config as cfgmod
-    from pfl.data.mitdb import load_beats
     from pfl.data.partitions import build_federation
+    from pfl.data.sources import load_beats
     from pfl.fl.batches import BatchLoader, derive_seed
     from pfl.metrics import chunks  # the same rows per inference batch: see pfl.metrics.MIN_CHUNK
 
@@ -425,7 +425,7 @@ def same_weights(a: dict, b: dict) -> bool:
 
 def bench_data(opts: Opts) -> dict[str, Any]:
     """Cold build of the beat cache for every record in the database, then warm loads."""
-    from pfl.data.mitdb import load_beats
+    from pfl.data.sources import load_beats
 
     cold_dir = opts.work / "cache_cold"
     overrides = [f"data.root={opts.data_dir}", f"data.cache_dir={cold_dir}", "data.download=false"]
@@ -781,7 +781,7 @@ def bench_strategies(opts: Opts) -> dict[str, Any]:
 
 def bench_scaling(opts: Opts) -> dict[str, Any]:
     """Clients and beats, with the small model so the framework's own costs are not hidden."""
-    from pfl.data.mitdb import load_beats
+    from pfl.data.sources import load_beats
 
     cfg = compose_cfg(opts.base(opts.work / "x"))
     records = sorted(load_beats(cfg.data).records)
@@ -824,8 +824,8 @@ def bench_scaling(opts: Opts) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _train_beats_cached(key: str) -> int:
-    from pfl.data.mitdb import load_beats
     from pfl.data.partitions import build_federation
+    from pfl.data.sources import load_beats
 
     cfg = compose_cfg(json.loads(key))
     fed = build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)

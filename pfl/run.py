@@ -29,8 +29,8 @@ def pooled_client(clients: list[Client]) -> Client:
 
 
 def load_federation(cfg: DictConfig) -> Federation:
-    from pfl.data.mitdb import load_beats
     from pfl.data.partitions import build_federation
+    from pfl.data.sources import load_beats
 
     return build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
 

@@ -13,13 +13,41 @@ from pfl.errors import PflError
 
 
 def run(cfg: DictConfig):
-    from pfl.data.mitdb import load_beats
     from pfl.data.partitions import build_federation
+    from pfl.data.sources import load_beats
     from pfl.data.stats import print_stats
 
     beats = load_beats(cfg.data)
     fed = build_federation(beats, cfg.partition, int(cfg.seed))
-    return print_stats(fed)
+    stats = print_stats(fed)
+    print_sources(beats)
+    return stats
+
+
+def sources(beats) -> list[dict]:
+    """Per database: records, beats, the records' own sampling rates, the beats' rate, leads."""
+    from pfl.data.partitions import database_of
+
+    out: dict[str, dict] = {}
+    for rid, rb in beats.records.items():
+        d = out.setdefault(database_of(rid) or "data", {"records": 0, "beats": 0, "native_hz": set(),
+                                                         "hz": set(), "leads": set()})
+        d["records"] += 1
+        d["beats"] += len(rb)
+        d["native_hz"].add(float(rb.native_fs if rb.native_fs is not None else rb.fs))
+        d["hz"].add(float(rb.fs))
+        d["leads"].add(rb.lead or "?")
+    return [{"database": k, **v} for k, v in out.items()]
+
+
+def print_sources(beats) -> None:
+    def hz(values):
+        return "/".join(f"{v:g}" for v in sorted(values))
+
+    for d in sources(beats):
+        rate = hz(d["native_hz"]) + (f" Hz resampled to {hz(d['hz'])} Hz" if d["native_hz"] != d["hz"] else " Hz")
+        print(f"source {d['database']}: {d['records']} records, {d['beats']} beats, {rate}, "
+              f"leads {', '.join(sorted(d['leads']))}")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

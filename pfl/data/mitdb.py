@@ -1,6 +1,11 @@
-"""MIT-BIH Arrhythmia Database: records -> labelled, normalized beats, cached on disk.
+"""A WFDB database (MIT-BIH Arrhythmia by default): records -> labelled, normalized beats, cached.
 
-Reading goes through wfdb (`rdheader`, `rdrecord`, `rdann`). A beat is a window of
+Which database (`database`, its PhysioNet name, used for downloads), its records, leads and
+paced records come from the `data` config (conf/data/<database>.yaml). Records sampled at
+another rate than `data.fs` are resampled to it with scipy's polyphase resampler when
+`data.resample` is true (the annotations' sample indices scaled alike), before filtering, so
+a window of `window.before + window.after` samples is the same length in seconds for every
+database. Reading goes through wfdb (`rdheader`, `rdrecord`, `rdann`). A beat is a window of
 `window.before + window.after` samples around an annotated R peak of the configured lead,
 taken from the band-pass filtered lead and normalized on its own. Labels follow the AAMI
 EC57 mapping given in the config; annotation symbols outside it (rhythm changes '+', noise
@@ -19,16 +24,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import wfdb
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from scipy.signal import butter, sosfiltfilt
+from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from pfl.atomic import atomic_write
 from pfl.data.types import BeatSet, RecordBeats
@@ -47,6 +54,7 @@ MITDB_RECORDS: tuple[str, ...] = (
     "217", "219", "220", "221", "222", "223", "228", "230", "231", "232", "233", "234",
 )  # fmt: skip
 SOURCE_SUFFIXES = (".hea", ".dat", ".atr")
+DATABASE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 NORMALIZATIONS = ("zscore", "minmax", "none")
 _CACHE_KEYS = ("x", "y", "sample", "fs", "dropped_edge", "lead", "source", "settings")
 
@@ -80,6 +88,10 @@ class DataSettings:
     normalize: str
     classes: tuple[str, ...]
     aami: dict[str, tuple[str, ...]]
+    #: PhysioNet database name (downloads, messages, record-id namespace)
+    database: str = "mitdb"
+    #: resample records whose rate differs from fs (else such a record is an error)
+    resample: bool = False
 
     @property
     def window(self) -> int:
@@ -102,6 +114,9 @@ class DataSettings:
             "normalize": self.normalize,
             "classes": list(self.classes),
             "aami": {c: list(self.aami[c]) for c in self.classes},
+            # Only when not the defaults: mitdb's cache (and its hash) stays as it was.
+            **({"database": self.database} if self.database != "mitdb" else {}),
+            **({"resample": True} if self.resample else {}),
         }
 
     def settings_hash(self) -> str:
@@ -200,6 +215,17 @@ def parse_settings(cfg_data: Any) -> DataSettings:
             seen[s] = c
 
     fs = d.get("fs")
+    if fs is not None and not (isinstance(fs, int | float) and 0 < float(fs) < 100_000):
+        raise ConfigError("data.fs", fs, "a sampling rate in Hz > 0 (or null: the records' own)")
+    database = str(d.get("database", "mitdb"))
+    if not DATABASE_NAME.fullmatch(database):
+        raise ConfigError("data.database", database, "a PhysioNet database name such as mitdb, svdb, incartdb "
+                          "(lower-case letters, digits, '-')")
+    resample = d.get("resample", False)
+    if not isinstance(resample, bool):
+        raise ConfigError("data.resample", resample, "true or false")
+    if resample and fs is None:
+        raise ConfigError("data.fs", None, "a target sampling rate in Hz when data.resample=true")
     cache_dir = d.get("cache_dir")
     return DataSettings(
         root=Path(str(d["root"])).expanduser(),
@@ -217,6 +243,8 @@ def parse_settings(cfg_data: Any) -> DataSettings:
         normalize=normalize,
         classes=classes,
         aami=aami,
+        database=database,
+        resample=resample,
     )
 
 
@@ -234,24 +262,29 @@ def _is_present(root: Path, record: str) -> bool:
     return all((root / f"{record}{s}").is_file() for s in SOURCE_SUFFIXES)
 
 
-def _how_to_provide(root: Path) -> str:
+ENV = {"mitdb": "PFL_DATA_DIR", "svdb": "PFL_SVDB_DIR"}
+
+
+def _how_to_provide(root: Path, database: str = "mitdb") -> str:
+    env = ENV.get(database, "the root variable of conf/data/" + database + ".yaml")
     return (
-        f"Provide the data: set PFL_DATA_DIR (or data.root) to a directory holding PhysioNet "
-        f"mitdb 1.0.0 (.hea/.dat/.atr and RECORDS), or copy the database into {root}, "
+        f"Provide the data: set {env} (or data.root) to a directory holding PhysioNet "
+        f"{database} (.hea/.dat/.atr and RECORDS), or copy the database into {root}, "
         f"or enable data.download with network access"
     )
 
 
-def _download(root: Path, records: list[str] | str) -> None:
-    log.info("downloading mitdb %s into %s", "all records" if records == "all" else records, root)
+def _download(root: Path, records: list[str] | str, database: str = "mitdb") -> None:
+    log.info("downloading %s %s into %s", database, "all records" if records == "all" else records, root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        wfdb.dl_database("mitdb", dl_dir=str(root), records=records)
+        wfdb.dl_database(database, dl_dir=str(root), records=records)
     except Exception as e:  # noqa: BLE001 - any failure (offline, HTTP, disk) means the same to the user
         which = "all records" if records == "all" else f"records {', '.join(records)}"
+        title = "MIT-BIH" if database == "mitdb" else database
         raise DataError(
-            f"MIT-BIH data missing under {root} ({which}) and the download failed "
-            f"({type(e).__name__}: {e}). {_how_to_provide(root)}"
+            f"{title} data missing under {root} ({which}) and the download failed "
+            f"({type(e).__name__}: {e}). {_how_to_provide(root, database)}"
         ) from e
 
 
@@ -265,11 +298,11 @@ def resolve_records(s: DataSettings) -> list[str]:
         if not listed:
             if not s.download:
                 raise DataError(
-                    f"no MIT-BIH records found: {root} "
+                    f"no {'MIT-BIH' if s.database == 'mitdb' else s.database} records found: {root} "
                     f"{'has no RECORDS file and no .hea files' if root.is_dir() else 'does not exist'} "
-                    f"(data.records=all, data.download=false). {_how_to_provide(root)}"
+                    f"(data.records=all, data.download=false). {_how_to_provide(root, s.database)}"
                 )
-            _download(root, "all")
+            _download(root, "all", s.database)
             listed = _listed_records(root) or sorted(p.stem for p in root.glob("*.hea"))
         names = list(listed)
     else:
@@ -277,11 +310,12 @@ def resolve_records(s: DataSettings) -> list[str]:
         known = (
             listed
             if listed is not None
-            else sorted(set(MITDB_RECORDS) | {p.stem for p in root.glob("*.hea")})
+            else sorted(set(MITDB_RECORDS if s.database == "mitdb" else ())
+                        | {p.stem for p in root.glob("*.hea")})
         )
         unknown = [r for r in names if r not in known]
         if unknown:
-            where = f"{root / 'RECORDS'}" if listed is not None else "mitdb 1.0.0"
+            where = f"{root / 'RECORDS'}" if listed is not None else f"{s.database} under {root}"
             raise DataError(
                 f"unknown record name(s) {unknown} in data.records: allowed are the records of "
                 f"{where}: {', '.join(known)}"
@@ -300,13 +334,14 @@ def resolve_records(s: DataSettings) -> list[str]:
             where = f"under {root}" if root.is_dir() else f"(data root {root} does not exist)"
             raise DataError(
                 f"record(s) {missing} not found {where}; each needs .hea, .dat and .atr files "
-                f"(data.download=false). {_how_to_provide(root)}"
+                f"(data.download=false). {_how_to_provide(root, s.database)}"
             )
-        _download(root, missing)
+        _download(root, missing, s.database)
         still = [r for r in missing if not _is_present(root, r)]
         if still:
             raise DataError(
-                f"record(s) {still} still missing under {root} after downloading. {_how_to_provide(root)}"
+                f"record(s) {still} still missing under {root} after downloading. "
+                f"{_how_to_provide(root, s.database)}"
             )
     return names
 
@@ -391,11 +426,15 @@ def segment_record(root: Path, record: str, s: DataSettings) -> RecordBeats:
     """Read, filter, cut and label the beats of one record (no cache)."""
     samples, symbols = _read_annotations(root, record)
     sig, fs, lead = _read_lead(root, record, s)
+    native = fs
     if s.fs is not None and abs(fs - s.fs) > 1e-6:
-        raise DataError(
-            f"record {record} is sampled at {fs:g} Hz but data.fs={s.fs:g}; the window is in "
-            f"samples, so set data.fs to {fs:g} (and adapt data.window) or use other records"
-        )
+        if not s.resample:
+            raise DataError(
+                f"record {record} is sampled at {fs:g} Hz but data.fs={s.fs:g}; the window is in "
+                f"samples, so set data.fs to {fs:g} (and adapt data.window), set data.resample=true "
+                f"to resample to {s.fs:g} Hz, or use other records"
+            )
+        sig, samples, fs = _resample(sig, samples, fs, s.fs, record)
     mapping = s.symbol_to_class
     is_beat = np.fromiter((sym in mapping for sym in symbols), dtype=bool, count=len(symbols))
     samples = samples[is_beat]
@@ -410,8 +449,27 @@ def segment_record(root: Path, record: str, s: DataSettings) -> RecordBeats:
     idx = samples[:, None] + np.arange(-s.before, s.after)[None, :]
     x = _normalize(filtered[idx], s.normalize).astype(np.float32)
     return RecordBeats(
-        record=record, x=x, y=labels, sample=samples, fs=fs, dropped_edge=dropped, lead=lead
+        record=record, x=x, y=labels, sample=samples, fs=fs, dropped_edge=dropped, lead=lead, native_fs=native
     )
+
+
+def rate_ratio(native: float, target: float, record: str = "") -> Fraction:
+    """target / native as a small fraction up / down for the polyphase resampler."""
+    ratio = Fraction(target / native).limit_denominator(1000)
+    if abs(float(ratio) - target / native) > 1e-9 or ratio.numerator > 10_000:
+        raise ConfigError("data.fs", target, f"a rate reachable from {native:g} Hz"
+                          f"{' (record ' + record + ')' if record else ''} by a ratio up/down with "
+                          "down <= 1000 and up <= 10000 (e.g. 360 from 128 = 45/16)")
+    return ratio
+
+
+def _resample(sig: np.ndarray, samples: np.ndarray, native: float, target: float,
+              record: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The lead at `target` Hz (scipy.signal.resample_poly) and the R peaks at the nearest new sample."""
+    r = rate_ratio(native, target, record)
+    out = resample_poly(sig, r.numerator, r.denominator)
+    peaks = np.rint(samples * (r.numerator / r.denominator)).astype(np.int64)
+    return out, np.clip(peaks, 0, max(len(out) - 1, 0)), float(target)
 
 
 # --------------------------------------------------------------------------- cache
@@ -445,6 +503,7 @@ def _read_cache(path: Path, record: str, s: DataSettings, source: str) -> Record
             # Reading every array in full makes zipfile verify its CRC.
             x, y, sample = z["x"], z["y"], z["sample"]
             fs, dropped, lead = float(z["fs"]), int(z["dropped_edge"]), str(z["lead"])
+            native = float(z["native_fs"]) if "native_fs" in z.files else fs
         n = len(y)
         if (
             x.dtype != np.float32
@@ -468,6 +527,7 @@ def _read_cache(path: Path, record: str, s: DataSettings, source: str) -> Record
         fs=fs,
         dropped_edge=dropped,
         lead=lead,
+        native_fs=native,
     )
 
 
@@ -479,6 +539,7 @@ def _write_cache(path: Path, rb: RecordBeats, s: DataSettings, source: str) -> N
         y=rb.y,
         sample=rb.sample,
         fs=np.float64(rb.fs),
+        native_fs=np.float64(rb.native_fs if rb.native_fs is not None else rb.fs),
         dropped_edge=np.int64(rb.dropped_edge),
         lead=np.str_(rb.lead or ""),
         source=np.str_(source),

@@ -24,7 +24,7 @@ from pfl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PARTITIONS = ("hospitals", "patient", "dirichlet", "interpatient")
+PARTITIONS = ("hospitals", "patient", "dirichlet", "interpatient", "institutions")
 
 # de Chazal et al. (2004) inter-patient division; paced records 102, 104, 107, 217 are in neither.
 DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122",
@@ -53,13 +53,27 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+def _resolve_id(beats: BeatSet, name: str) -> str:
+    """A record id as loaded: with several databases ids are `<database>/<record>`, and a bare
+    record name that only one database has means that one (mitdb's `200` is `mitdb/200`)."""
+    if name in beats.records or "/" in name:
+        return name
+    matches = [r for r in beats.records if r.rsplit("/", 1)[-1] == name]
+    return matches[0] if len(matches) == 1 else name
+
+
+def database_of(record: str) -> str:
+    """The database part of a namespaced record id (`svdb/800` -> `svdb`); "" when not namespaced."""
+    return record.rsplit("/", 1)[0] if "/" in record else ""
+
+
 def _records(beats: BeatSet, wanted: Any, key: str) -> list[str]:
     """Record names from a partition key (`all` or a list), checked against the loaded beats."""
     if wanted is None or wanted == "all":
         return list(beats.records)
     if isinstance(wanted, str | int):
         wanted = [wanted]
-    names = [str(r) for r in _plain(wanted)]
+    names = [_resolve_id(beats, str(r)) for r in _plain(wanted)]
     dup = sorted({r for r in names if names.count(r) > 1})
     if dup:
         raise ConfigError(key, names, "each record once", hint=f"repeated: {dup}")
@@ -489,6 +503,62 @@ def interpatient(
         )
         clients.append(_client(r, pool, *parts, federated=False, records=[r]))
     return Federation(name=name, classes=list(beats.classes), clients=clients)
+
+
+def institutions(
+    beats: BeatSet,
+    seed: int,
+    per_database: int = 1,
+    budget: int | None = None,
+    fractions: Mapping[str, float] | None = None,
+    split_by: str = "record",
+    unseen: str | None = None,
+    adapt_minutes: float = 5.0,
+    val_fraction: float = 0.2,
+    on_short_budget: str = "warn",
+    name: str = "institutions",
+) -> Federation:
+    """Cross-institution federation: each database (`data=mitdb_svdb`) is a site, or
+    `per_database` sites of its records (drawn at random, disjoint), each split by patient as
+    `hospitals` does (`split_by`, `fractions`, `budget` beats per site). `unseen=<database>`
+    keeps that institution out of training: every one of its patients is an unseen client
+    (federated=false) whose first `adapt_minutes` are adaptation data and the rest test data,
+    the question of whether a model moves to new equipment."""
+    per_database = int(per_database)
+    if per_database < 1:
+        raise ConfigError("partition.per_database", per_database, "an integer >= 1 (sites per database)")
+    by_db: dict[str, list[str]] = {}
+    for r in beats.records:
+        by_db.setdefault(database_of(r) or "data", []).append(r)
+    if unseen is not None and str(unseen) not in by_db:
+        raise ConfigError("partition.unseen", unseen, f"one of the loaded databases: {', '.join(by_db)} "
+                          "(load several with data=mitdb_svdb)")
+    sites: dict[str, dict[str, Any]] = {}
+    for db, recs in by_db.items():
+        if db == unseen:
+            continue
+        order = [recs[i] for i in _rng(seed, name, db).permutation(len(recs))]
+        if len(order) < per_database:
+            raise DataError(f"database {db} has {len(order)} records, fewer than partition.per_database="
+                            f"{per_database} sites")
+        for i in range(per_database):
+            site = db if per_database == 1 else f"{db}_{i + 1}"
+            sites[site] = {"records": sorted(order[i::per_database]), "budget": budget}
+    if len(sites) < 2:
+        raise ConfigError("partition.per_database", per_database,
+                          f"at least two training sites; the training data has {len(sites)} "
+                          f"(databases: {', '.join(d for d in by_db if d != unseen)})",
+                          hint="load two databases (data=mitdb_svdb) or split one into sites (partition.per_database=3)")
+    fed = hospitals(beats, seed, sites, fractions=fractions, on_short_budget=on_short_budget,
+                    split_by=split_by, name=name)
+    if unseen is not None:
+        val_fraction = _check_val_fraction(val_fraction, "partition.val_fraction")
+        for r in by_db[str(unseen)]:
+            pool = _Pool(beats, [r])
+            parts = _time_split(pool, float(adapt_minutes), val_fraction, _rng(seed, name, r),
+                                "partition.adapt_minutes")
+            fed.clients.append(_client(r, pool, *parts, federated=False, records=[r]))
+    return fed
 
 
 # --------------------------------------------------------------------------- dispatch

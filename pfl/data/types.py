@@ -21,6 +21,8 @@ class RecordBeats:
     dropped_edge: int = 0  # beats whose window left the record
     # Signal the beats come from: data.lead, or a fallback when the record lacks it.
     lead: str | None = None
+    #: the record's own sampling rate (fs is the rate of the beats, data.fs after resampling)
+    native_fs: float | None = None
 
     def __len__(self) -> int:
         return len(self.y)
