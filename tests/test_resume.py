@@ -176,3 +176,20 @@ def test_ctrl_c_says_how_to_continue(_synthetic_db_template, tmp_path, monkeypat
         train_main(make_cfg(_synthetic_db_template, tmp_path, *RUN))
     err = capsys.readouterr().err
     assert exc.value.code == 130 and "resume=true" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("strategy", ["scaffold", "ditto", "apfl"])
+def test_stateful_strategies_resume_to_the_uninterrupted_result(_synthetic_db_template, tmp_path, monkeypatch,
+                                                                strategy):
+    """Server state (SCAFFOLD's c) and client state (control variates, personal models, APFL's
+    mixing weight) come back from the checkpoint: a resumed run ends where an uninterrupted one does."""
+    run = (*RUN, f"strategy={strategy}")
+    ref = train(make_cfg(_synthetic_db_template, tmp_path / "ref", *run))
+    with monkeypatch.context() as m:
+        _interrupt(m, at_round=2, before_checkpoint=False)
+        with pytest.raises(KeyboardInterrupt):
+            train(make_cfg(_synthetic_db_template, tmp_path / "cut", *run))
+    result = train(make_cfg(_synthetic_db_template, tmp_path / "cut", *run, "resume=true"))
+    assert [h["round"] for h in result.history] == [3]
+    assert same_metrics(result.metrics, ref.metrics)
+    assert all(torch.equal(result.global_weights[k], ref.global_weights[k]) for k in ref.global_weights)

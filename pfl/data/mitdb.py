@@ -46,13 +46,6 @@ log = logging.getLogger(__name__)
 # Bump whenever the beat extraction code changes what it produces: old caches then miss.
 CACHE_VERSION = 1
 
-# PhysioNet mitdb 1.0.0: used to recognise record names when a root has no RECORDS file yet.
-MITDB_RECORDS: tuple[str, ...] = (
-    "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "111", "112",
-    "113", "114", "115", "116", "117", "118", "119", "121", "122", "123", "124", "200",
-    "201", "202", "203", "205", "207", "208", "209", "210", "212", "213", "214", "215",
-    "217", "219", "220", "221", "222", "223", "228", "230", "231", "232", "233", "234",
-)  # fmt: skip
 SOURCE_SUFFIXES = (".hea", ".dat", ".atr")
 DATABASE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 NORMALIZATIONS = ("zscore", "minmax", "none")
@@ -92,6 +85,8 @@ class DataSettings:
     database: str = "mitdb"
     #: resample records whose rate differs from fs (else such a record is an error)
     resample: bool = False
+    #: the database's record names (from its YAML), to check data.records before a download
+    known_records: tuple[str, ...] = ()
 
     @property
     def window(self) -> int:
@@ -245,6 +240,7 @@ def parse_settings(cfg_data: Any) -> DataSettings:
         aami=aami,
         database=database,
         resample=resample,
+        known_records=_record_names(d.get("known_records") or ()),
     )
 
 
@@ -310,8 +306,7 @@ def resolve_records(s: DataSettings) -> list[str]:
         known = (
             listed
             if listed is not None
-            else sorted(set(MITDB_RECORDS if s.database == "mitdb" else ())
-                        | {p.stem for p in root.glob("*.hea")})
+            else sorted(set(s.known_records) | {p.stem for p in root.glob("*.hea")})
         )
         unknown = [r for r in names if r not in known]
         if unknown:

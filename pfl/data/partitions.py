@@ -26,13 +26,6 @@ log = logging.getLogger(__name__)
 
 PARTITIONS = ("hospitals", "patient", "dirichlet", "interpatient", "institutions")
 
-# de Chazal et al. (2004) inter-patient division; paced records 102, 104, 107, 217 are in neither.
-DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122",
-       "124", "201", "203", "205", "207", "208", "209", "215", "220", "223", "230")  # fmt: skip
-DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210",
-       "212", "213", "214", "219", "221", "222", "228", "231", "232", "233", "234")  # fmt: skip
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -466,15 +459,16 @@ def dirichlet(
 def interpatient(
     beats: BeatSet,
     seed: int,
-    ds1: Sequence[Any] = DS1,
-    ds2: Sequence[Any] = DS2,
+    ds1: Sequence[Any],
+    ds2: Sequence[Any],
     fractions: Mapping[str, float] | None = None,
     adapt_minutes: float = 5.0,
     val_fraction: float = 0.2,
     split_by: str = "time",
     name: str = "interpatient",
 ) -> Federation:
-    """de Chazal's inter-patient division: DS1 records are the federated clients (each splits
+    """de Chazal's inter-patient division (the record lists live in conf/partition/interpatient.yaml;
+    paced records 102, 104, 107, 217 are in neither): DS1 records are the federated clients (each splits
     its own beats train / val / test by `fractions`: by time in consecutive blocks a window
     apart, or `split_by=beat` at random); DS2 records are unseen clients
     (federated=False) whose first adapt_minutes are their adaptation data (train, with a

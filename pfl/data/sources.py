@@ -62,6 +62,8 @@ def database_settings(d: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"data.databases.{key}", spec, "a mapping of that database's settings (root, lead, ...)")
         # The entry's own name, not the shared one inherited from conf/data/mitdb.yaml.
         merged = {**shared, **dict(spec), "database": str(spec.get("database", key))}
+        if merged["database"] != shared.get("database", "mitdb") and "known_records" not in spec:
+            merged.pop("known_records", None)  # the shared list names the other database's records
         name = str(merged["database"])
         if name in names:
             raise ConfigError(f"data.databases.{key}.database", name,
