@@ -26,14 +26,18 @@ def _cm_panel(ax, cm: np.ndarray, classes: list[str], title: str) -> None:
 
 
 def confusion_matrices(ev, directory: Path, split: str = "test") -> None:
-    """One PNG per client: global and personalized model side by side."""
+    """One PNG per client: global and personalized model side by side (the personalized one
+    alone for strategies without a global model)."""
     directory.mkdir(parents=True, exist_ok=True)
+    models = [m for m in ("global", "personal") if (split, m) in ev.cms]
     for c in ev.clients:
-        fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
-        for ax, model in zip(axes, ("global", "personal"), strict=True):
+        fig, axes = plt.subplots(1, len(models), figsize=(3.5 * len(models), 3.4), squeeze=False)
+        for ax, model in zip(axes[0], models, strict=True):
             _cm_panel(ax, ev.cms[(split, model)][c.cid], ev.classes, f"{c.cid} {model} ({split})")
         fig.tight_layout()
-        fig.savefig(directory / f"{c.cid}.png", dpi=80)
+        path = directory / f"{c.cid}.png"  # a namespaced id (svdb/800) is a subdirectory
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80)
         plt.close(fig)
 
 

@@ -236,10 +236,29 @@ def test_every_strategy_runs_and_reports_the_models_it_has(synthetic_db, tmp_pat
 
     torch.set_default_dtype(torch.float32)
     extra = ["model=cnn_lstm_bn"] if name == "fedbn" else []
-    cfg = make_cfg(synthetic_db, tmp_path, f"strategy={name}", "federation.rounds=1", *extra)
+    from mlflow.tracking import MlflowClient
+
+    from pfl.tracking import store_uri
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    strategy = build_strategy({"name": name})
+    # Tracked for FedAvg and for every strategy without a global model (the path that differs).
+    tracked = name == "none" or not strategy.has_global
+    logger = ["logger=mlflow", f"logger.tracking_uri={uri}", "study=zoo"] if tracked else []
+    cfg = make_cfg(synthetic_db, tmp_path, f"strategy={name}", "federation.rounds=1", *logger, *extra)
     result = train(cfg)
-    strategy = build_strategy(cfg.strategy)
     m = result.metrics
     f1 = np.array([m[f"client.s0{i}.test.personal.f1"] for i in range(1, 7)])
     assert np.isfinite(f1).all() and m["test.personal.f1.mean"] == pytest.approx(f1.mean())
     assert ("test.global.f1.mean" in m) == strategy.has_global, sorted(k for k in m if ".global." in k)[:5]
+    if not tracked:
+        return
+    # Tracked to the end: confusion matrices of the models it has, a servable model iff global.
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    exp = client.get_experiment_by_name("zoo").experiment_id
+    (run,) = client.search_runs([exp])
+    assert run.info.status == "FINISHED", run.data.tags.get("error")
+    assert "confusion" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # MLflow 3 keeps a logged model beside the run (runs:/<id>/model resolves to it).
+    logged = client.search_logged_models([exp])
+    assert [lm.source_run_id for lm in logged] == ([run.info.run_id] if strategy.has_global else [])
