@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -100,7 +101,12 @@ def train(cfg: DictConfig, console=None) -> Result:
 
     # Centralized: one optimizer over rounds x local_epochs epochs of the pooled data, its
     # state carried from round to round (rounds only mark evaluations).
+    from pfl.losses import build_loss
+
+    counts = np.bincount(np.concatenate([c.train.y.numpy() for c in train_clients]), minlength=len(fed.classes))
+    criterion = build_loss(cfg.get("loss"), fed.classes, counts.tolist())
     ctx = Context(trainer=ClientTrainer(**cfg.trainer), optimizer=optimizer, lr=float(fcfg.optimizer.lr),
+                  criterion=criterion,
                   batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
                   eval_batch_size=fcfg.eval_batch_size, local_steps=fcfg.get("local_steps"),
                   model_factory=model_factory, n_clients=len(train_clients),

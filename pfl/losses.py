@@ -1,0 +1,79 @@
+"""The data term of every strategy's training loss (`loss=` config group): cross-entropy with
+optional class weights and a focal term.
+
+    loss_i = w[y_i] * (1 - p_i[y_i]) ** gamma * -log p_i[y_i]
+    loss   = sum_i loss_i / sum_i w[y_i]        (plain mean when there are no weights)
+
+gamma = 0 is (weighted) cross-entropy exactly as `torch.nn.functional.cross_entropy` computes
+it; gamma > 0 is the focal loss of Lin et al. (ICCV 2017), which down-weights beats the model
+already classifies well. Class weights: `balanced` = n / (k * n_c) over the federated clients'
+training labels (scikit-learn's "balanced" formula; a class with no training beat gets 0,
+since it never appears as a label), or an explicit list, one weight per class. The loss goes
+through `Context.criterion`, so every strategy (and evaluation-time fine-tuning) uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pfl.errors import ConfigError
+
+WEIGHTINGS = ("balanced",)
+
+
+class ClassLoss:
+    """(Weighted, focal) cross-entropy on logits; picklable for the Ray backend."""
+
+    def __init__(self, weights: Sequence[float] | None = None, gamma: float = 0.0):
+        self.gamma = float(gamma)
+        self.weights = None if weights is None else torch.as_tensor(list(weights), dtype=torch.float32)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits, dim=1).gather(1, y[:, None])[:, 0]
+        per = -logp
+        if self.gamma:
+            per = (1 - logp.exp()).clamp_min(0) ** self.gamma * per
+        if self.weights is None:
+            return per.mean()
+        w = self.weights.to(device=logits.device, dtype=logits.dtype)[y]
+        return (w * per).sum() / w.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+
+    def __repr__(self) -> str:
+        w = None if self.weights is None else [round(float(v), 4) for v in self.weights]
+        return f"ClassLoss(weights={w}, gamma={self.gamma})"
+
+
+def balanced_weights(counts: Sequence[int]) -> list[float]:
+    """n / (k * n_c) for the k classes present; 0 for a class with no beat."""
+    c = np.asarray(counts, dtype=np.float64)
+    present = c > 0
+    out = np.zeros_like(c)
+    out[present] = c.sum() / (present.sum() * c[present])
+    return out.tolist()
+
+
+def build_loss(cfg: Any, classes: Sequence[str], train_counts: Sequence[int]) -> ClassLoss:
+    """The configured loss; `train_counts` are the federated clients' training labels per class."""
+    cfg = dict(cfg or {})
+    gamma = cfg.get("gamma", 0.0)
+    if not isinstance(gamma, int | float) or isinstance(gamma, bool) or not 0 <= float(gamma) <= 10:
+        raise ConfigError("loss.gamma", gamma, "a number in [0, 10] (0: cross-entropy, 2: the focal paper's)")
+    weights = cfg.get("weights")
+    if weights is None:
+        return ClassLoss(None, gamma)
+    if isinstance(weights, str):
+        if weights not in WEIGHTINGS:
+            raise ConfigError("loss.weights", weights, "null, balanced, or a list of one weight per class "
+                              f"{list(classes)}")
+        return ClassLoss(balanced_weights(train_counts), gamma)
+    values = list(weights)
+    if len(values) != len(classes) or not all(isinstance(v, int | float) and v >= 0 for v in values) \
+            or not any(v > 0 for v in values):
+        raise ConfigError("loss.weights", values, f"{len(classes)} weights >= 0, one per class {list(classes)}, "
+                          "not all 0")
+    return ClassLoss([float(v) for v in values], gamma)
