@@ -19,7 +19,7 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 #: the keys of these groups; a key added with `+group.key=...` would otherwise be ignored silently
 KNOWN_KEYS = {
     "federation": {"rounds", "local_epochs", "local_steps", "clients_per_round", "eval_every", "batch_size", "eval_batch_size",
-                   "optimizer", "dropout", "on_divergence", "backend", "ray_address"},
+                   "optimizer", "dropout", "on_divergence", "backend", "ray_address", "sampling"},
     "trainer": {"accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "threads", "progress"},
 }
 
@@ -50,6 +50,7 @@ def validate(cfg: DictConfig) -> None:
     v.fraction("federation.dropout", f.dropout)
     v.choice("federation.on_divergence", f.on_divergence, ("fail", "drop"))
     v.choice("federation.backend", f.backend, ("serial", "ray"))
+    v.choice("federation.sampling", f.get("sampling", "uniform"), ("uniform", "balanced"))
     v.positive("federation.optimizer.lr", f.optimizer.get("lr"))
     if cfg.trainer.get("threads") is not None:
         v.integer("trainer.threads", cfg.trainer.threads, minimum=1)

@@ -110,7 +110,7 @@ def train(cfg: DictConfig, console=None) -> Result:
                   batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
                   eval_batch_size=fcfg.eval_batch_size, local_steps=fcfg.get("local_steps"),
                   model_factory=model_factory, n_clients=len(train_clients),
-                  keep_optimizer=cfg.mode == "centralized")
+                  keep_optimizer=cfg.mode == "centralized", sampling=str(fcfg.get("sampling", "uniform")))
     strategy.bind(ctx)
 
     chash = cfgmod.config_hash(cfg)

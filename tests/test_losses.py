@@ -80,3 +80,40 @@ def test_a_weighted_focal_loss_trains_every_strategy_and_changes_what_it_learns(
     # Same seed and batches, another objective: the trained weights differ.
     assert any(not torch.equal(plain.global_weights[k], focal.global_weights[k]) for k in plain.global_weights
                if torch.is_floating_point(plain.global_weights[k]))
+
+
+def test_balanced_sampling_draws_every_class_equally_often_and_is_seeded():
+    from pfl.data.types import Split
+    from pfl.fl.batches import BatchLoader
+
+    y = torch.tensor([0] * 180 + [1] * 15 + [2] * 5)
+    split = Split(torch.arange(200, dtype=torch.float32).reshape(200, 1, 1), y)
+    loader = BatchLoader(split, 20, seed=4, sampling="balanced")  # a new draw each epoch
+    drawn = [yb for _ in range(30) for _, yb in loader]
+    counts = np.bincount(torch.cat(drawn).numpy(), minlength=3)
+    # 30 epochs x 200 draws with p = 1/3 each: a binomial std of ~37 around 2000.
+    assert counts.sum() == 6000 and np.abs(counts - 2000).max() < 200, counts
+    a = [xb.flatten().tolist() for xb, _ in BatchLoader(split, 20, seed=4, sampling="balanced")]
+    b = [xb.flatten().tolist() for xb, _ in BatchLoader(split, 20, seed=4, sampling="balanced")]
+    assert a == b and len(a) == 10
+    # Per-FedAvg's groups stay disjoint within a meta-step, and the rare classes come up far
+    # more often than their 2.5% share.
+    groups = list(BatchLoader(split, 10, seed=4, group=3, sampling="balanced"))
+    assert len(groups) == 200 // 30
+    for g in groups:
+        ids = [set(xb.flatten().tolist()) for xb, _ in g]
+        assert len(set().union(*ids)) == 30
+    rare = np.mean([float((yb == 2).float().mean()) for g in groups for _, yb in g])
+    assert rare > 0.1
+
+
+def test_balanced_sampling_runs_through_training_and_a_bad_value_is_refused(synthetic_db, tmp_path):
+    from pfl.run import train
+
+    uniform = train(make_cfg(synthetic_db, tmp_path / "u"))
+    balanced = train(make_cfg(synthetic_db, tmp_path / "b", "federation.sampling=balanced"))
+    assert uniform.history[0]["local_steps"] == balanced.history[0]["local_steps"]  # same work per epoch
+    assert any(not torch.equal(uniform.global_weights[k], balanced.global_weights[k])
+               for k in uniform.global_weights if torch.is_floating_point(uniform.global_weights[k]))
+    with pytest.raises(ConfigError, match="federation.sampling='stratified'"):
+        train(make_cfg(synthetic_db, tmp_path / "x", "federation.sampling=stratified"))

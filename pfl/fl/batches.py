@@ -22,18 +22,47 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+#: how training beats are drawn: `uniform` (each once per epoch, shuffled) or `balanced`
+#: (with replacement, every class equally often: a rare class is seen many times per epoch)
+SAMPLINGS = ("uniform", "balanced")
+
+
 class BatchLoader:
     """Shuffled mini-batches of a split; a new order each epoch from its own generator.
 
     With `group=k`, yields tuples of k disjoint batches (Per-FedAvg's meta-steps), dropping the
-    remainder of the epoch that cannot fill a whole group.
+    remainder of the epoch that cannot fill a whole group. An epoch has as many batches with
+    `sampling=balanced` as without.
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, shuffle: bool = True, group: int = 1,
-                 drop_last: bool = False):
+                 drop_last: bool = False, sampling: str = "uniform"):
+        if sampling not in SAMPLINGS:
+            from pfl.errors import ConfigError
+
+            raise ConfigError("federation.sampling", sampling, " | ".join(SAMPLINGS))
         self.split, self.batch_size, self.shuffle, self.group = split, batch_size, shuffle, group
         self.drop_last = drop_last or group > 1
         self.generator = torch.Generator().manual_seed(seed)
+        self.sampling = sampling
+
+    def _balanced_weights(self) -> torch.Tensor:
+        """Per beat 1 / (beats of its class): every class present is drawn equally often."""
+        y = self.split.y
+        counts = torch.bincount(y).double()
+        return 1.0 / counts[y]
+
+    def _order(self, n: int) -> torch.Tensor:
+        if self.sampling == "balanced" and n:
+            w = self._balanced_weights()
+            if self.group == 1:
+                return torch.multinomial(w, n, replacement=True, generator=self.generator)
+            # Per-FedAvg's batches of one meta-step must stay disjoint: each group is drawn
+            # without replacement (close to balanced while the rare classes last).
+            span = self.batch_size * self.group
+            return torch.cat([torch.multinomial(w, span, replacement=False, generator=self.generator)
+                              for _ in range(len(self))]) if len(self) else torch.zeros(0, dtype=torch.long)
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
 
     def __len__(self) -> int:
         n = len(self.split)
@@ -43,7 +72,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator:
         n = len(self.split)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = self._order(n)
         x, y, bs = self.split.x, self.split.y, self.batch_size
         if self.group == 1:
             for i in range(len(self)):

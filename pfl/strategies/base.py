@@ -65,6 +65,8 @@ class Context:
     n_clients: int = 1
     #: keep a client's optimizer state across rounds (the centralized baseline: one optimizer)
     keep_optimizer: bool = False
+    #: how training batches are drawn (federation.sampling): uniform | balanced
+    sampling: str = "uniform"
 
     def seed_for(self, *parts: object) -> int:
         return derive_seed(self.seed, *parts)
@@ -77,7 +79,8 @@ class Context:
     def loader(self, client: Client, rnd: int, tag: str, split: str = "train", group: int = 1,
                batch_size: int | None = None) -> BatchLoader:
         return BatchLoader(client.split(split), batch_size or self.batch_size,
-                           seed=self.seed_for(rnd, client.cid, tag, "batches"), group=group)
+                           seed=self.seed_for(rnd, client.cid, tag, "batches"), group=group,
+                           sampling=self.sampling if split == "train" else "uniform")
 
     def fit(self, model: nn.Module, client: Client, rnd: int, tag: str, *, epochs: int | None = None,
             steps: int = -1, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
