@@ -177,7 +177,8 @@ def test_the_readme_plugin_example_works(synthetic_db, tmp_path):
     (tmp_path / "plugins" / "my_strategies.py").write_text(code)
     env = {"PYTHONPATH": str(tmp_path / "plugins")}
     common = (f"data.root={synthetic_db}", "partition=patient", "model=cnn", "federation.rounds=2",
-              "federation.local_epochs=3", "federation.optimizer.lr=0.01", "logger=none", "trainer.progress=false",
+              "federation.local_epochs=3", "federation.optimizer.lr=0.01", "logger=mlflow",
+              f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "study=plugin", "trainer.progress=false",
               "strategy._target_=my_strategies.ProxHeads", "strategy.name=prox_heads")
     tables = {}
     for mu in ("0.0", "10.0"):
@@ -189,4 +190,11 @@ def test_the_readme_plugin_example_works(synthetic_db, tmp_path):
     mean = next(line for line in tables["0.0"].splitlines() if "mean" in line)
     assert mean.count("-") >= 3, mean
     assert tables["0.0"] != tables["10.0"]
+    # pfl-report names it by its class's label from the run tags, without importing it.
+    from pfl.report import main as report
+
+    assert report(["--experiment", "plugin", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                   "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "2 finished runs" in md and "ProxHeads = strategy `prox_heads`" in md
 
