@@ -94,6 +94,8 @@ class Opts:
     threads: int | None = None
     timeout: int = 900
     max_minutes: float | None = None
+    #: more strategies for the strategies section: name -> overrides (any registered or plugin strategy)
+    strategies: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ref(self) -> list[str]:
@@ -756,6 +758,7 @@ def bench_strategies(opts: Opts) -> dict[str, Any]:
     """Reference settings (seed_phase3) for a few rounds per strategy, each in a fresh process."""
     out: dict[str, Any] = {"settings": opts.ref, "rounds": opts.rounds, "runs": {}}
     chosen = {k: v for k, v in STRATEGIES.items() if not opts.quick or k in ("none", "perfedavg-fo")}
+    chosen.update(opts.strategies)
     store = shared_store(opts, "strategies")
     for name, extra in chosen.items():
         root = fresh_root(opts, f"strategy-{name}")
@@ -1230,6 +1233,10 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
     p.add_argument("--max-minutes", type=float, default=None, help="start no further section after this "
                    "many minutes (default 19: `make bench` must end within 20 on 2 cores); 0 = no limit")
     p.add_argument("--list", action="store_true", help="list the sections and exit")
+    p.add_argument("--strategy", action="append", default=[], metavar="NAME[:OVERRIDES]",
+                   help="time another strategy in the strategies section: a conf/strategy name, or a name and "
+                        "its overrides, e.g. 'prox_heads:strategy._target_=my_strategies.ProxHeads "
+                        "strategy.name=prox_heads' (repeatable)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     sel = [s for s in (a.only.split(",") if a.only else SECTIONS) if s]
@@ -1253,6 +1260,11 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
     o.report, o.results, o.work = a.report or o.report, a.results or o.results, a.work or o.work
     o.work = o.work.resolve()
     o.cache_dir = (a.cache_dir or (o.work / "cache" if a.quick else o.cache_dir)).resolve()
+    for spec in a.strategy:
+        name, _, extra = spec.partition(":")
+        if not name.strip():
+            p.error(f"--strategy {spec!r}: expected NAME or NAME:OVERRIDES")
+        o.strategies[name.strip()] = extra.split() if extra.strip() else [f"strategy={name.strip()}"]
     o.data_dir = a.data_dir.resolve() if a.data_dir else None
     return o, a
 

@@ -167,7 +167,7 @@ def test_pfl_command_bad_value_is_one_line_and_nonzero(synthetic_db, tmp_path):
     assert proc.returncode != 0 and "finetune" in proc.stderr and "scaffold" in proc.stderr
 
 
-def test_the_readme_plugin_example_works(synthetic_db, tmp_path):
+def test_the_readme_plugin_example_works(synthetic_db, tmp_path, monkeypatch):
     """The README's plugin, written to a module of its own, run by the `pfl` command."""
     import re
 
@@ -197,4 +197,14 @@ def test_the_readme_plugin_example_works(synthetic_db, tmp_path):
                    "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "2 finished runs" in md and "ProxHeads = strategy `prox_heads`" in md
+    # ... and the bench times it beside the built-ins (quick: in this process, so on sys.path).
+    from pfl import bench
+
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    out = tmp_path / "bench.md"
+    assert bench.main(["--quick", "--only", "strategies", "--data-dir", str(synthetic_db), "--report", str(out),
+                       "--results", str(tmp_path / "bench.json"), "--work", str(tmp_path / "bench"),
+                       "--strategy", "prox_heads:strategy._target_=my_strategies.ProxHeads strategy.name=prox_heads"
+                       " +strategy.mu=0.1"]) == 0
+    assert "| prox_heads |" in out.read_text()
 
