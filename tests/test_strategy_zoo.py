@@ -213,6 +213,20 @@ def test_split_strategies_send_and_average_only_the_shared_part(name, local):
         np.testing.assert_array_equal(t.numpy(), src.numpy())
 
 
+def test_local_sends_nothing_and_trains_on_its_own_model_round_after_round():
+    strategy, model, w0 = _setup("local")
+    c = _client(8)
+    x, y = c.train.x.numpy(), c.train.y.numpy()
+    first = strategy.local_update(model, c, {}, rnd=1)
+    assert first.weights == {} and first.bytes_sent == 0
+    assert strategy.aggregate(w0, [first]).keys() == w0.keys()
+    assert all(torch.equal(strategy.aggregate(w0, [first])[k], w0[k]) for k in w0)
+    # Round 2 starts from the client's own weights, not the (unchanged) global ones.
+    model.load_state_dict(w0)
+    second = strategy.local_update(model, c, first.state, rnd=2)
+    _close(_np(second.state["local"]), _sgd(_sgd(_np(w0), x, y), x, y))
+
+
 def test_fedrep_trains_the_head_with_the_body_frozen_then_the_body_with_the_head_frozen():
     strategy, model, w0 = _setup("fedrep", head_epochs=1)
     c = _client(7)
