@@ -143,6 +143,8 @@ def _preset(name: str, *overrides: str):
     ("patient_specific", "patient", "pfl.models.CNNLSTM", {"strategy": "none,finetune,perfedavg"}),
     ("unseen_patients", "interpatient", "pfl.models.CNNLSTM", {"strategy": "none,finetune,perfedavg"}),
     ("quick", "hospitals", "pfl.models.SmallCNN", {"strategy": "none,finetune,perfedavg_quick", "seed": "0,1"}),
+    ("institutions", "institutions", "pfl.models.CNNLSTM", {"strategy": "none,fedbn,finetune,ditto"}),
+    ("unseen_institution", "institutions", "pfl.models.CNNLSTM", {"strategy": "none,finetune"}),
 ])
 def test_study_presets_run_every_job_of_their_study(name, partition, model, sweep):
     cfg = _preset(name)
@@ -152,7 +154,10 @@ def test_study_presets_run_every_job_of_their_study(name, partition, model, swee
     assert cfg.partition.name == partition and cfg.model._target_ == model
     f = cfg.federation
     assert (f.batch_size, f.optimizer._target_, f.optimizer.lr) == (32, "torch.optim.Adam", 0.001)
-    if name != "quick":  # the reference study's schedule
+    if name in ("institutions", "unseen_institution"):  # two databases, BatchNorm for FedBN
+        assert (f.rounds, f.local_epochs) == (10, 2) and list(cfg.data.databases) == ["mitdb", "svdb"]
+        assert cfg.model.norm == "batch" and cfg.partition.unseen == ("svdb" if "unseen" in name else None)
+    elif name != "quick":  # the reference study's schedule
         assert (f.rounds, f.local_epochs) == (20, 5)
     if name == "seed_phase1":
         assert cfg.strategy.name == "none"
