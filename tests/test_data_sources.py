@@ -170,15 +170,20 @@ def test_institutions_with_an_unseen_database_and_sites_per_database(tmp_path):
         assert c.train.beat_sample.max() < 0.5 * 60 * 360
 
 
-def test_institutions_needs_two_training_sites(tmp_path):
+def test_institutions_needs_two_training_sites_and_splits_a_lone_database(tmp_path):
     synth.write_synthetic_db(tmp_path / "a", records=4, minutes=3)
     beats = load_beats(synth.data_config(tmp_path / "a", tmp_path / "cache"))
     with pytest.raises(ConfigError, match=r"partition.per_database=1.*at least two training sites"):
-        build_federation(beats, INSTITUTIONS, seed=0)
-    with pytest.raises(ConfigError, match=r"partition.unseen='svdb'.*one of the loaded databases: data"):
+        build_federation(beats, {**INSTITUTIONS, "per_database": 1}, seed=0)
+    with pytest.raises(ConfigError, match=r"partition.unseen='svdb'.*one of the loaded databases: site"):
         build_federation(beats, {**INSTITUTIONS, "unseen": "svdb"}, seed=0)
+    with pytest.raises(ConfigError, match=r"partition.per_database=0"):
+        build_federation(beats, {**INSTITUTIONS, "per_database": 0}, seed=0)
     split = build_federation(beats, {**INSTITUTIONS, "per_database": 2, "split_by": "time"}, seed=0)
-    assert [c.cid for c in split.clients] == ["data_1", "data_2"]
+    assert [c.cid for c in split.clients] == ["site_1", "site_2"]
+    # null (the default): one database alone still makes a federation, of three sites.
+    auto = build_federation(beats, {**INSTITUTIONS, "per_database": None, "split_by": "time"}, seed=0)
+    assert [c.cid for c in auto.clients] == ["site_1", "site_2", "site_3"]
 
 
 def test_the_mitdb_cache_key_is_unchanged_by_the_new_settings(tmp_path):
@@ -228,3 +233,15 @@ def test_one_round_on_the_real_institutions(svdb_dir, real_data_dir, tmp_path):
     assert [c.cid for c in result.evaluation.clients] == ["mitdb", "svdb"]
     for cid in ("mitdb", "svdb"):
         assert result.metrics[f"client.{cid}.test.global.acc"] > 0.5
+
+
+def test_data_svdb_defaults_to_the_per_patient_federation_unless_told_otherwise():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(synth.CONF_DIR), version_base="1.3"):
+        alone = compose("config", overrides=["data=svdb"])
+        told = compose("config", overrides=["data=svdb", "partition=institutions"])
+        default = compose("config")
+    assert (alone.data.database, alone.partition.name) == ("svdb", "patient")
+    assert told.partition.name == "institutions"
+    assert (default.data.database, default.partition.name) == ("mitdb", "hospitals")

@@ -20,17 +20,17 @@ def run(cfg: DictConfig):
     beats = load_beats(cfg.data)
     fed = build_federation(beats, cfg.partition, int(cfg.seed))
     stats = print_stats(fed)
-    print_sources(beats)
+    print_sources(beats, str(cfg.data.get("database", "data")))
     return stats
 
 
-def sources(beats) -> list[dict]:
+def sources(beats, default: str = "data") -> list[dict]:
     """Per database: records, beats, the records' own sampling rates, the beats' rate, leads."""
     from pfl.data.partitions import database_of
 
     out: dict[str, dict] = {}
     for rid, rb in beats.records.items():
-        d = out.setdefault(database_of(rid) or "data", {"records": 0, "beats": 0, "native_hz": set(),
+        d = out.setdefault(database_of(rid) or default, {"records": 0, "beats": 0, "native_hz": set(),
                                                          "hz": set(), "leads": set()})
         d["records"] += 1
         d["beats"] += len(rb)
@@ -40,11 +40,11 @@ def sources(beats) -> list[dict]:
     return [{"database": k, **v} for k, v in out.items()]
 
 
-def print_sources(beats) -> None:
+def print_sources(beats, default: str = "data") -> None:
     def hz(values):
         return "/".join(f"{v:g}" for v in sorted(values))
 
-    for d in sources(beats):
+    for d in sources(beats, default):
         rate = hz(d["native_hz"]) + (f" Hz resampled to {hz(d['hz'])} Hz" if d["native_hz"] != d["hz"] else " Hz")
         print(f"source {d['database']}: {d['records']} records, {d['beats']} beats, {rate}, "
               f"leads {', '.join(sorted(d['leads']))}")

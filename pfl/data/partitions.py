@@ -502,7 +502,7 @@ def interpatient(
 def institutions(
     beats: BeatSet,
     seed: int,
-    per_database: int = 1,
+    per_database: int | None = None,
     budget: int | None = None,
     fractions: Mapping[str, float] | None = None,
     split_by: str = "record",
@@ -513,20 +513,22 @@ def institutions(
     name: str = "institutions",
 ) -> Federation:
     """Cross-institution federation: each database (`data=mitdb_svdb`) is a site, or
-    `per_database` sites of its records (drawn at random, disjoint), each split by patient as
+    `per_database` sites of its records (drawn at random, disjoint; null: 1 when two or more
+    databases train, else 3, so one database still makes a federation), each split by patient as
     `hospitals` does (`split_by`, `fractions`, `budget` beats per site). `unseen=<database>`
     keeps that institution out of training: every one of its patients is an unseen client
     (federated=false) whose first `adapt_minutes` are adaptation data and the rest test data,
     the question of whether a model moves to new equipment."""
-    per_database = int(per_database)
-    if per_database < 1:
-        raise ConfigError("partition.per_database", per_database, "an integer >= 1 (sites per database)")
     by_db: dict[str, list[str]] = {}
     for r in beats.records:
-        by_db.setdefault(database_of(r) or "data", []).append(r)
+        by_db.setdefault(database_of(r) or "site", []).append(r)
     if unseen is not None and str(unseen) not in by_db:
         raise ConfigError("partition.unseen", unseen, f"one of the loaded databases: {', '.join(by_db)} "
                           "(load several with data=mitdb_svdb)")
+    if per_database is None:
+        per_database = 1 if len([d for d in by_db if d != unseen]) >= 2 else 3
+    if isinstance(per_database, bool) or not isinstance(per_database, int) or per_database < 1:
+        raise ConfigError("partition.per_database", per_database, "an integer >= 1 (sites per database), or null")
     sites: dict[str, dict[str, Any]] = {}
     for db, recs in by_db.items():
         if db == unseen:
