@@ -50,7 +50,9 @@ def validate(cfg: DictConfig) -> None:
     v.fraction("federation.dropout", f.dropout)
     v.choice("federation.on_divergence", f.on_divergence, ("fail", "drop"))
     v.choice("federation.backend", f.backend, ("serial", "ray"))
-    v.choice("federation.sampling", f.get("sampling", "uniform"), ("uniform", "balanced"))
+    from pfl.fl.batches import SAMPLINGS
+
+    v.choice("federation.sampling", f.get("sampling", "uniform"), SAMPLINGS)
     v.positive("federation.optimizer.lr", f.optimizer.get("lr"))
     if cfg.trainer.get("threads") is not None:
         v.integer("trainer.threads", cfg.trainer.threads, minimum=1)

@@ -99,12 +99,13 @@ def train(cfg: DictConfig, console=None) -> Result:
     def model_factory():
         return hydra.utils.instantiate(cfg.model)
 
-    # Centralized: one optimizer over rounds x local_epochs epochs of the pooled data, its
-    # state carried from round to round (rounds only mark evaluations).
     from pfl.losses import build_loss
 
+    # Class weights (loss.weights=balanced) come from the training clients' labels.
     counts = np.bincount(np.concatenate([c.train.y.numpy() for c in train_clients]), minlength=len(fed.classes))
     criterion = build_loss(cfg.get("loss"), fed.classes, counts.tolist())
+    # Centralized: one optimizer over rounds x local_epochs epochs of the pooled data, its
+    # state carried from round to round (rounds only mark evaluations).
     ctx = Context(trainer=ClientTrainer(**cfg.trainer), optimizer=optimizer, lr=float(fcfg.optimizer.lr),
                   criterion=criterion,
                   batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
