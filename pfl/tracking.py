@@ -345,7 +345,7 @@ class MlflowTracker(Callback):
     def _log_model(self, weights: dict[str, torch.Tensor]) -> None:
         """The final global model as an MLflow PyTorch model (artifact `model`), so that
         `mlflow.pyfunc.load_model("runs:/<id>/model")` and `mlflow models serve` classify beats:
-        input float32 (n, 1, window) beats cut and normalized as `data` says, output (n, classes)
+        input float32 (n, leads, window [+ RR features]) beats cut and normalized as `data` says, output (n, classes)
         logits in the order of the `classes` metadata. Strategies without one global model
         (FedPer, FedRep, FedBN, LG-FedAvg, local) have no single model to serve and log none."""
         import hydra
@@ -357,13 +357,21 @@ class MlflowTracker(Callback):
         model.eval()
         data = self.cfg.data
         window = int(data.window.before) + int(data.window.after)
-        example = np.zeros((2, 1, window), dtype=np.float32)
-        example[1, 0, int(data.window.before)] = 1.0  # an R peak where the beats have theirs
+        leads = 1 + len(data.get("extra_leads") or ())
+        rr = OmegaConf.to_container(data.rr, resolve=True) if "rr" in list(data.get("features") or ()) else None
+        k = len(rr["features"]) if rr else 0
+        example = np.zeros((2, leads, window + k), dtype=np.float32)
+        example[1, :, int(data.window.before)] = 1.0  # an R peak where the beats have theirs
+        example[:, :, window:] = 0.8 if k else 0.0  # RR intervals of 0.8 s (ratios near 1 are typical)
         with torch.no_grad():
             logits = model(torch.from_numpy(example)).numpy()
         metadata = {"classes": list(self.cfg.data.classes), "fs": int(data.fs),
                     "window_before": int(data.window.before), "window_after": int(data.window.after),
-                    "normalize": str(data.get("normalize")), "input": "float32 (n, 1, window) beats",
+                    "normalize": str(data.get("normalize")),
+                    "leads": [str(data.lead), *map(str, data.get("extra_leads") or ())],
+                    "rr_features": list(rr["features"]) if rr else [], "rr_causal": bool(rr["causal"]) if rr else False,
+                    "input": f"float32 (n, {leads}, window{' + rr_features' if k else ''}) beats"
+                             + (": every lead's window, then the RR features (pfl.data.rr.pack)" if k else ""),
                     "output": "logits (n, classes)"}
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.client.tracking_uri)

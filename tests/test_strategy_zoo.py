@@ -250,6 +250,9 @@ def test_every_strategy_runs_and_reports_the_models_it_has(synthetic_db, tmp_pat
 
     torch.set_default_dtype(torch.float32)
     extra = ["model=cnn_lstm_bn"] if name == "fedbn" else []
+    # Every strategy on the richest input: both leads and the RR features (issue 16); the
+    # beat-only input runs through every strategy in the equivalence and math tests.
+    extra += ["data.features=[beat,rr]", "data.extra_leads=[other]"]
     from mlflow.tracking import MlflowClient
 
     from pfl.tracking import store_uri
@@ -265,6 +268,9 @@ def test_every_strategy_runs_and_reports_the_models_it_has(synthetic_db, tmp_pat
     f1 = np.array([m[f"client.s0{i}.test.personal.f1"] for i in range(1, 7)])
     assert np.isfinite(f1).all() and m["test.personal.f1.mean"] == pytest.approx(f1.mean())
     assert ("test.global.f1.mean" in m) == strategy.has_global, sorted(k for k in m if ".global." in k)[:5]
+    if strategy.has_global:  # two lead channels in, the RR branch over the six default features
+        w = result.global_weights
+        assert w["features.0.weight"].shape[1] == 2 and w["rr.net.0.weight"].shape[1] == 6
     if not tracked:
         return
     # Tracked to the end: confusion matrices of the models it has, a servable model iff global.

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from pfl.atomic import atomic_write
+from pfl.data.rr import RAW, raw_intervals
 from pfl.data.types import BeatSet, RecordBeats
 from pfl.errors import ConfigError, DataError
 
@@ -49,7 +50,7 @@ CACHE_VERSION = 1
 SOURCE_SUFFIXES = (".hea", ".dat", ".atr")
 DATABASE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 NORMALIZATIONS = ("zscore", "minmax", "none")
-_CACHE_KEYS = ("x", "y", "sample", "fs", "dropped_edge", "lead", "source", "settings")
+_CACHE_KEYS = ("x", "y", "sample", "fs", "dropped_edge", "lead", "source", "settings", "rr")
 
 
 def _plain(value: Any) -> Any:
@@ -87,6 +88,9 @@ class DataSettings:
     resample: bool = False
     #: the database's record names (from its YAML), to check data.records before a download
     known_records: tuple[str, ...] = ()
+    #: more leads as further input channels, after `lead`: names, or "other" = the record's
+    #: first lead that is not the main one (mitdb's second leads differ by record: V1, V2, V4, V5)
+    extra_leads: tuple[str, ...] = ()
 
     @property
     def window(self) -> int:
@@ -112,6 +116,7 @@ class DataSettings:
             # Only when not the defaults: mitdb's cache (and its hash) stays as it was.
             **({"database": self.database} if self.database != "mitdb" else {}),
             **({"resample": True} if self.resample else {}),
+            **({"extra_leads": list(self.extra_leads)} if self.extra_leads else {}),
         }
 
     def settings_hash(self) -> str:
@@ -221,6 +226,12 @@ def parse_settings(cfg_data: Any) -> DataSettings:
         raise ConfigError("data.resample", resample, "true or false")
     if resample and fs is None:
         raise ConfigError("data.fs", None, "a target sampling rate in Hz when data.resample=true")
+    extra = d.get("extra_leads") or ()
+    if isinstance(extra, str):
+        extra = (extra,)
+    extra = _record_names(extra)
+    if len(set(extra)) != len(extra) or str(d.get("lead")) in extra:
+        raise ConfigError("data.extra_leads", list(extra), "distinct lead names (or 'other') besides data.lead")
     cache_dir = d.get("cache_dir")
     return DataSettings(
         root=Path(str(d["root"])).expanduser(),
@@ -241,6 +252,7 @@ def parse_settings(cfg_data: Any) -> DataSettings:
         database=database,
         resample=resample,
         known_records=_record_names(d.get("known_records") or ()),
+        extra_leads=extra,
     )
 
 
@@ -354,6 +366,7 @@ def _read_annotations(root: Path, record: str) -> tuple[np.ndarray, list[str]]:
 
 
 def _read_lead(root: Path, record: str, s: DataSettings) -> tuple[np.ndarray, float, str]:
+    """The main lead, then `extra_leads`, as a (samples, channels) array; its rate; lead names."""
     hea = root / f"{record}.hea"
     try:
         header = wfdb.rdheader(str(root / record))
@@ -373,21 +386,31 @@ def _read_lead(root: Path, record: str, s: DataSettings) -> tuple[np.ndarray, fl
         log.warning(
             "record %s has no %s lead; using %s instead (data.lead_fallback)", record, s.lead, lead
         )
+    leads = [lead]
+    for extra in s.extra_leads:
+        pick = next((n for n in names if n not in leads), None) if extra == "other" else \
+            (extra if extra in names and extra not in leads else None)
+        if pick is None:
+            raise DataError(f"record {record}: extra lead {extra!r} not found; available leads: {', '.join(names)} "
+                            f"(main lead {lead}). Set data.extra_leads to leads every record has, or [other]")
+        leads.append(pick)
     try:
-        rec = wfdb.rdrecord(str(root / record), channels=[names.index(lead)])
+        rec = wfdb.rdrecord(str(root / record), channels=[names.index(n) for n in leads])
     except Exception as e:  # noqa: BLE001
         raise DataError(
             f"cannot read signal of record {record} ({root / (record + '.dat')} / {hea}): "
             f"{type(e).__name__}: {e}"
         ) from e
-    sig = np.asarray(rec.p_signal[:, 0], dtype=np.float64)
+    sig = np.asarray(rec.p_signal, dtype=np.float64).reshape(len(rec.p_signal), len(leads))
     if not np.all(np.isfinite(sig)):
         # Invalid samples (wfdb NaN) would poison the whole filtered lead; hold the last value.
-        bad = ~np.isfinite(sig)
-        idx = np.where(bad, 0, np.arange(len(sig)))
-        np.maximum.accumulate(idx, out=idx)
-        sig = np.nan_to_num(sig[idx])
-    return sig, float(rec.fs), lead
+        for ch in range(sig.shape[1]):
+            bad = ~np.isfinite(sig[:, ch])
+            if bad.any():
+                idx = np.where(bad, 0, np.arange(len(sig)))
+                np.maximum.accumulate(idx, out=idx)
+                sig[:, ch] = np.nan_to_num(sig[idx, ch])
+    return sig, float(rec.fs), "+".join(leads)
 
 
 def _filter(sig: np.ndarray, fs: float, filt: dict | None) -> np.ndarray:
@@ -403,16 +426,16 @@ def _filter(sig: np.ndarray, fs: float, filt: dict | None) -> np.ndarray:
         sos = butter(order, low, btype="highpass", fs=fs, output="sos")
     else:
         sos = butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
-    return sosfiltfilt(sos, sig)
+    return sosfiltfilt(sos, sig, axis=0)
 
 
 def _normalize(x: np.ndarray, how: str) -> np.ndarray:
     # Flat beats (saturated or dropped-out signal) would divide by zero; eps keeps them finite.
     eps = 1e-8
     if how == "zscore":
-        return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + eps)
+        return (x - x.mean(axis=-1, keepdims=True)) / (x.std(axis=-1, keepdims=True) + eps)
     if how == "minmax":
-        lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+        lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
         return (x - lo) / (hi - lo + eps)
     return x
 
@@ -420,6 +443,7 @@ def _normalize(x: np.ndarray, how: str) -> np.ndarray:
 def segment_record(root: Path, record: str, s: DataSettings) -> RecordBeats:
     """Read, filter, cut and label the beats of one record (no cache)."""
     samples, symbols = _read_annotations(root, record)
+    native_samples = samples
     sig, fs, lead = _read_lead(root, record, s)
     native = fs
     if s.fs is not None and abs(fs - s.fs) > 1e-6:
@@ -432,19 +456,24 @@ def segment_record(root: Path, record: str, s: DataSettings) -> RecordBeats:
         sig, samples, fs = _resample(sig, samples, fs, s.fs, record)
     mapping = s.symbol_to_class
     is_beat = np.fromiter((sym in mapping for sym in symbols), dtype=bool, count=len(symbols))
+    # RR intervals from every beat annotation at the native rate (before edge trimming)
+    raw_rr = raw_intervals(native_samples[is_beat], native)
     samples = samples[is_beat]
     labels = np.fromiter(
         (mapping[sym] for sym, b in zip(symbols, is_beat, strict=True) if b), dtype=np.int64
     )
     inside = (samples - s.before >= 0) & (samples + s.after <= len(sig))
     dropped = int((~inside).sum())
-    samples, labels = samples[inside], labels[inside]
+    samples, labels, raw_rr = samples[inside], labels[inside], raw_rr[inside]
 
     filtered = _filter(sig, fs, s.filter)
     idx = samples[:, None] + np.arange(-s.before, s.after)[None, :]
-    x = _normalize(filtered[idx], s.normalize).astype(np.float32)
+    # (n, window) for one lead, as always; (n, leads, window) with extra_leads
+    cut = filtered[idx, 0] if filtered.shape[1] == 1 else np.moveaxis(filtered[idx], 2, 1)
+    x = _normalize(cut, s.normalize).astype(np.float32)
     return RecordBeats(
-        record=record, x=x, y=labels, sample=samples, fs=fs, dropped_edge=dropped, lead=lead, native_fs=native
+        record=record, x=x, y=labels, sample=samples, fs=fs, dropped_edge=dropped, lead=lead, native_fs=native,
+        rr=raw_rr.astype(np.float32),
     )
 
 
@@ -490,19 +519,23 @@ def _read_cache(path: Path, record: str, s: DataSettings, source: str) -> Record
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
+            if "rr" not in z.files and all(k in z.files for k in _CACHE_KEYS if k != "rr"):
+                log.info("cache for record %s predates the RR intervals; rebuilding", record)
+                return None
             if any(k not in z.files for k in _CACHE_KEYS):
                 raise ValueError(f"missing keys {[k for k in _CACHE_KEYS if k not in z.files]}")
             if str(z["source"]) != source or str(z["settings"]) != s.settings_hash():
                 log.info("cache for record %s is stale (source files changed); rebuilding", record)
                 return None
             # Reading every array in full makes zipfile verify its CRC.
-            x, y, sample = z["x"], z["y"], z["sample"]
+            x, y, sample, rr = z["x"], z["y"], z["sample"], z["rr"]
             fs, dropped, lead = float(z["fs"]), int(z["dropped_edge"]), str(z["lead"])
             native = float(z["native_fs"]) if "native_fs" in z.files else fs
         n = len(y)
         if (
             x.dtype != np.float32
-            or x.shape != (n, s.window)
+            or x.shape != ((n, s.window) if not s.extra_leads else (n, 1 + len(s.extra_leads), s.window))
+            or rr.shape != (n, len(RAW))
             or y.shape != (n,)
             or sample.shape != (n,)
             or (n and (y.min() < 0 or y.max() >= len(s.classes)))
@@ -523,6 +556,7 @@ def _read_cache(path: Path, record: str, s: DataSettings, source: str) -> Record
         dropped_edge=dropped,
         lead=lead,
         native_fs=native,
+        rr=rr.astype(np.float32),
     )
 
 
@@ -533,6 +567,7 @@ def _write_cache(path: Path, rb: RecordBeats, s: DataSettings, source: str) -> N
         x=rb.x,
         y=rb.y,
         sample=rb.sample,
+        rr=rb.rr,
         fs=np.float64(rb.fs),
         native_fs=np.float64(rb.native_fs if rb.native_fs is not None else rb.fs),
         dropped_edge=np.int64(rb.dropped_edge),

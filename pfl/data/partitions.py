@@ -114,8 +114,8 @@ class _Pool:
 
     def __init__(self, beats: BeatSet, records: Sequence[str]):
         rbs = [beats.records[r] for r in records]
-        window = next((rb.x.shape[1] for rb in beats.records.values()), 0)
-        self.x = np.concatenate([rb.x for rb in rbs]) if rbs else np.zeros((0, window), np.float32)
+        shape = next((rb.x.shape[1:] for rb in beats.records.values()), (0,))
+        self.x = np.concatenate([rb.x for rb in rbs]) if rbs else np.zeros((0, *shape), np.float32)
         self.y = np.concatenate([rb.y for rb in rbs]) if rbs else np.zeros(0, np.int64)
         self.sample = np.concatenate([rb.sample for rb in rbs]) if rbs else np.zeros(0, np.int64)
         self.record = (

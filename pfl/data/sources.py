@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pfl.data.rr import pack, parse_features, parse_rr, select
 from pfl.data.types import BeatSet, RecordBeats
 from pfl.errors import ConfigError
 
 #: keys of a data config that belong to the source, not to a database's beat settings
-SOURCE_KEYS = ("_target_", "databases")
+SOURCE_KEYS = ("_target_", "databases", "features", "rr")
 DEFAULT_TARGET = "pfl.data.sources.wfdb_beats"
 
 
@@ -79,9 +80,11 @@ def wfdb_beats(cfg_data: Any) -> BeatSet:
     from pfl.data import mitdb
 
     d = _plain(cfg_data)
+    features = parse_features(d.get("features", ["beat"]))
+    rr = parse_rr(d.get("rr")) if "rr" in features else None
     per_db = database_settings(d)
     if "databases" not in d:
-        return mitdb.load_beats({k: v for k, v in d.items() if k not in SOURCE_KEYS})
+        return with_features(mitdb.load_beats({k: v for k, v in d.items() if k not in SOURCE_KEYS}), rr)
     sets = {key: mitdb.load_beats(settings) for key, settings in per_db.items()}
     first_key, first = next(iter(sets.items()))
     records: dict[str, RecordBeats] = {}
@@ -92,8 +95,22 @@ def wfdb_beats(cfg_data: Any) -> BeatSet:
         for rec, rb in bs.records.items():
             rid = f"{key}/{rec}"
             records[rid] = RecordBeats(record=rid, x=rb.x, y=rb.y, sample=rb.sample, fs=rb.fs,
-                                       dropped_edge=rb.dropped_edge, lead=rb.lead, native_fs=rb.native_fs)
-    return BeatSet(classes=list(first.classes), records=records)
+                                       dropped_edge=rb.dropped_edge, lead=rb.lead, native_fs=rb.native_fs,
+                                       rr=rb.rr)
+    return with_features(BeatSet(classes=list(first.classes), records=records), rr)
+
+
+def with_features(beats: BeatSet, rr: Mapping[str, Any] | None) -> BeatSet:
+    """The beats as model inputs: unchanged without RR features, else each window followed by
+    the record's RR features (pfl.data.rr.pack)."""
+    if rr is None:
+        return beats
+    out = {}
+    for rid, rb in beats.records.items():
+        x = pack(rb.x, select(rb.rr, rr))
+        out[rid] = RecordBeats(record=rb.record, x=x, y=rb.y, sample=rb.sample, fs=rb.fs, dropped_edge=rb.dropped_edge,
+                               lead=rb.lead, native_fs=rb.native_fs, rr=rb.rr)
+    return BeatSet(classes=beats.classes, records=out)
 
 
 def count_reference_labels(cfg_data: Any) -> dict[str, int]:

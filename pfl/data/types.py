@@ -14,7 +14,7 @@ class RecordBeats:
     """Beats of one record, in annotation order."""
 
     record: str
-    x: np.ndarray  # (n, window) float32, filtered and normalized
+    x: np.ndarray  # (n, window) float32, filtered and normalized; (n, leads, window) with extra leads
     y: np.ndarray  # (n,) int64 index into BeatSet.classes
     sample: np.ndarray  # (n,) int64 R-peak sample index in the record
     fs: float
@@ -23,6 +23,8 @@ class RecordBeats:
     lead: str | None = None
     #: the record's own sampling rate (fs is the rate of the beats, data.fs after resampling)
     native_fs: float | None = None
+    #: (n, len(pfl.data.rr.RAW)) float32 RR intervals in seconds (pfl.data.rr.raw_intervals)
+    rr: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)

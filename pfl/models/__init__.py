@@ -1,6 +1,7 @@
-"""Beat classifiers: (batch, 1, window) -> (batch, n_classes) logits."""
+"""Beat classifiers: (batch, channels, window [+ rr_features]) -> (batch, n_classes) logits."""
 
 from pfl.models.cnn import SmallCNN
 from pfl.models.cnn_lstm import CNNLSTM
+from pfl.models.resnet import ResNet1D
 
-__all__ = ["SmallCNN", "CNNLSTM"]
+__all__ = ["SmallCNN", "CNNLSTM", "ResNet1D"]

@@ -1,0 +1,139 @@
+"""RR-interval features: the rhythm context that tells supraventricular beats from normal ones.
+
+A premature atrial beat looks like a normal beat; what gives it away is that it comes early
+(short pre-RR) and is followed by a compensatory pause (long post-RR) relative to the
+patient's own rhythm. de Chazal et al. (IEEE TBME 2004) and most inter-patient work since use
+these intervals, measured from the annotated R peaks of the same record:
+
+- `pre`: t[i] - t[i-1], seconds; the record's first beat takes its post-RR (no beat before it);
+- `post`: t[i+1] - t[i]; the record's last beat takes its pre-RR;
+- `local`: the mean pre-RR of the `local_beats` beats around beat i (centered), or of beat i and
+  the `local_beats - 1` before it when causal;
+- `average`: the mean pre-RR of the whole record, or of the beats up to and including i when
+  causal (a running mean: a monitor cannot know the record's future);
+- ratios `pre_local`, `post_local`, `pre_average`, `post_average`, `post_pre`: rhythm relative
+  to the patient's own rate, which is what transfers between patients.
+
+The intervals come from every beat annotation of the record (also beats whose window leaves
+the record and is dropped), in the record's native sampling rate, so resampling does not
+round them. Causal mode (`data.rr.causal=true`) refuses the features that need the next beat
+(`post` and its ratios). The one value that is never causal is the first beat's pre-RR: the
+record holds nothing before it, so it takes the first interval, once per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pfl.errors import ConfigError
+
+#: the raw columns cached per beat, in this order
+RAW = ("pre", "post", "local", "local_causal", "average", "average_causal")
+#: feature name -> (numerator, denominator or None) over the raw columns; `local`/`average`
+#: resolve to their causal columns when causal
+FEATURES: dict[str, tuple[str, str | None]] = {
+    "pre": ("pre", None),
+    "post": ("post", None),
+    "local": ("local", None),
+    "average": ("average", None),
+    "pre_local": ("pre", "local"),
+    "post_local": ("post", "local"),
+    "pre_average": ("pre", "average"),
+    "post_average": ("post", "average"),
+    "post_pre": ("post", "pre"),
+}
+DEFAULT_FEATURES = ("pre", "post", "local", "average", "pre_local", "post_local")
+LOCAL_BEATS = 10
+
+
+def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_BEATS) -> np.ndarray:
+    """(n, len(RAW)) float64 intervals in seconds for the beats at `beat_samples` (sorted)."""
+    t = np.asarray(beat_samples, dtype=np.float64) / float(fs)
+    n = len(t)
+    out = np.zeros((n, len(RAW)))
+    if n < 2:  # a single beat has no interval at all
+        return out
+    d = np.diff(t)  # d[j] = t[j+1] - t[j]
+    pre = np.concatenate([[d[0]], d])
+    post = np.concatenate([d, [d[-1]]])
+    c = np.concatenate([[0.0], np.cumsum(pre)])  # c[k] = sum of pre[0:k]
+
+    def mean_over(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:  # mean of pre[lo:hi]
+        return (c[hi] - c[lo]) / (hi - lo)
+
+    i = np.arange(n)
+    k = int(local_beats)
+    local = mean_over(np.clip(i - k // 2, 0, None), np.clip(i - k // 2 + k, None, n))
+    local_causal = mean_over(np.clip(i - k + 1, 0, None), i + 1)
+    average = np.full(n, pre.mean())
+    average_causal = mean_over(np.zeros(n, dtype=np.int64), i + 1)
+    out[:] = np.stack([pre, post, local, local_causal, average, average_causal], axis=1)
+    return out
+
+
+def parse_rr(cfg: Any) -> dict[str, Any]:
+    """The validated `data.rr` settings: features, causal, local_beats."""
+    d = dict(cfg or {})
+    names = d.get("features", list(DEFAULT_FEATURES))
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise ConfigError("data.rr.features", names, f"a non-empty list of {', '.join(FEATURES)}")
+    names = [str(v) for v in names]
+    bad = [v for v in names if v not in FEATURES]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError("data.rr.features", bad or names, f"distinct names from {', '.join(FEATURES)}")
+    causal = d.get("causal", False)
+    if not isinstance(causal, bool):
+        raise ConfigError("data.rr.causal", causal, "true or false")
+    if causal:
+        future = [v for v in names if "post" in FEATURES[v]]
+        if future:
+            raise ConfigError("data.rr.features", future, "features known at the beat when data.rr.causal=true "
+                              "(post-RR needs the next beat): drop them or set data.rr.causal=false")
+    local_beats = d.get("local_beats", LOCAL_BEATS)
+    if not isinstance(local_beats, int) or isinstance(local_beats, bool) or local_beats < 1:
+        raise ConfigError("data.rr.local_beats", local_beats, "an integer >= 1")
+    return {"features": names, "causal": causal, "local_beats": local_beats}
+
+
+def select(raw: np.ndarray, rr: Mapping[str, Any]) -> np.ndarray:
+    """(n, k) float32 features named in rr['features'] from the raw columns."""
+    col = {name: raw[:, j] for j, name in enumerate(RAW)}
+    if rr["causal"]:
+        col["local"], col["average"] = col["local_causal"], col["average_causal"]
+    feats = []
+    for name in rr["features"]:
+        num, den = FEATURES[name]
+        v = col[num] if den is None else col[num] / np.maximum(col[den], 1e-6)
+        feats.append(v)
+    return np.stack(feats, axis=1).astype(np.float32) if feats else np.zeros((len(raw), 0), np.float32)
+
+
+FEATURE_SETS = ("beat", "rr")
+
+
+def parse_features(value: Any) -> tuple[str, ...]:
+    """`data.features`: [beat] or [beat, rr]."""
+    if isinstance(value, str):
+        value = [value]
+    names = tuple(str(v) for v in (value or ()))
+    if not names or names[0] != "beat" or len(set(names)) != len(names) or any(v not in FEATURE_SETS for v in names):
+        raise ConfigError("data.features", list(names), "[beat] or [beat, rr] (the beat window always comes first)")
+    return names
+
+
+def n_features(features: Any, rr: Any) -> int:
+    """How many RR features the model input carries (0 without `rr` in data.features)."""
+    return len(parse_rr(rr)["features"]) if "rr" in parse_features(features) else 0
+
+
+def pack(x: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """One model input per beat: the window(s) (n, C, L) then the k features on every channel,
+    (n, C, L + k). One tensor keeps every strategy, backend, checkpoint and the logged model's
+    signature unchanged; a model with `rr_features=k` splits the last k samples off again."""
+    x3 = x[:, None, :] if x.ndim == 2 else x
+    k = feats.shape[1]
+    tail = np.broadcast_to(feats[:, None, :], (x3.shape[0], x3.shape[1], k))
+    return np.ascontiguousarray(np.concatenate([x3, tail], axis=2), dtype=np.float32)

@@ -1,0 +1,185 @@
+"""RR-interval features, lead channels and the models that read them.
+
+Oracles: intervals computed beat by beat with plain Python loops from the R peaks written
+into a synthetic WFDB record; parameter counts from the layer formulas by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import wfdb
+
+from pfl.data.rr import RAW, pack, parse_rr, raw_intervals, select
+from pfl.errors import ConfigError
+from pfl.models import CNNLSTM, ResNet1D, SmallCNN
+from tests.synth import data_config
+
+FS = 360
+
+
+def _hand(peaks_s: list[float], i: int, causal: bool, k: int = 10) -> dict[str, float]:
+    """The features of beat i by the definitions in pfl/data/rr.py, one loop at a time."""
+    n = len(peaks_s)
+    pre = [peaks_s[1] - peaks_s[0]] + [peaks_s[j] - peaks_s[j - 1] for j in range(1, n)]
+    post = [peaks_s[j + 1] - peaks_s[j] for j in range(n - 1)] + [peaks_s[-1] - peaks_s[-2]]
+    if causal:
+        window = [pre[j] for j in range(max(0, i - k + 1), i + 1)]
+        past = [pre[j] for j in range(0, i + 1)]
+        local, average = sum(window) / len(window), sum(past) / len(past)
+    else:
+        window = [pre[j] for j in range(max(0, i - k // 2), min(n, i - k // 2 + k))]
+        local, average = sum(window) / len(window), sum(pre) / n
+    return {"pre": pre[i], "post": post[i], "local": local, "average": average,
+            "pre_local": pre[i] / local, "post_local": post[i] / local}
+
+
+def test_raw_intervals_match_a_hand_computation_including_first_and_last_beat():
+    rng = np.random.default_rng(3)
+    peaks = np.cumsum(rng.integers(200, 400, size=25)) + 50
+    raw = raw_intervals(peaks, FS)
+    t = (peaks / FS).tolist()
+    for i in (0, 1, 4, 12, 23, 24):
+        for causal in (False, True):
+            h = _hand(t, i, causal)
+            got = dict(zip(RAW, raw[i], strict=True))
+            assert got["pre"] == pytest.approx(h["pre"]) and got["post"] == pytest.approx(h["post"])
+            key = "_causal" if causal else ""
+            assert got["local" + key] == pytest.approx(h["local"]), (i, causal)
+            assert got["average" + key] == pytest.approx(h["average"]), (i, causal)
+
+
+def _write_known_peaks(directory, name="k01", minutes=1.0, seed=0):
+    """One two-lead record with R peaks at known, irregular samples (some premature)."""
+    rng = np.random.default_rng(seed)
+    n = int(minutes * 60 * FS)
+    t = np.arange(n) / FS
+    peaks, pos = [20], 150  # the first beat is too close to the start for its window
+    while pos < n - 200:
+        peaks.append(pos)
+        pos += int(rng.choice([290, 300, 310, 180, 420]))
+    peaks.append(n - 30)  # and the last too close to the end
+    mlii = 0.02 * rng.standard_normal(n)
+    v1 = 0.02 * rng.standard_normal(n)
+    for p in peaks:
+        mlii += np.exp(-0.5 * ((t - p / FS) / 0.012) ** 2)
+        v1 -= 0.5 * np.exp(-0.5 * ((t - p / FS) / 0.02) ** 2)
+    wfdb.wrsamp(name, fs=FS, units=["mV", "mV"], sig_name=["MLII", "V1"], p_signal=np.column_stack([mlii, v1]),
+                fmt=["212", "212"], adc_gain=[200.0, 200.0], baseline=[1024, 1024], write_dir=str(directory))
+    symbols = ["N" if i % 4 else "A" for i in range(len(peaks))]
+    # A non-beat annotation between beats must not count as an R peak.
+    ann = sorted([*zip(peaks, symbols, strict=True), (peaks[3] + 40, "~")])
+    wfdb.wrann(name, "atr", sample=np.array([a[0] for a in ann]), symbol=[a[1] for a in ann], fs=FS,
+               write_dir=str(directory))
+    (directory / "RECORDS").write_text(f"{name}\n")
+    return np.asarray(peaks)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_loaded_rr_features_follow_the_annotated_peaks_of_the_record(tmp_path, causal):
+    from pfl.data.sources import wfdb_beats
+
+    db = tmp_path / "db"
+    db.mkdir()
+    peaks = _write_known_peaks(db)
+    names = ["pre", "local", "average", "pre_local"] + ([] if causal else ["post", "post_local"])
+    cfg = data_config(db, tmp_path / "cache", features=["beat", "rr"], rr={"features": names, "causal": causal})
+    rb = wfdb_beats(cfg).records["k01"]
+    k = len(names)
+    assert rb.x.shape == (len(peaks) - 2, 1, 256 + k)  # both edge beats dropped
+    assert rb.sample.tolist() == peaks[1:-1].tolist()
+    t = (peaks / FS).tolist()
+    for row, i in ((0, 1), (1, 2), (len(peaks) - 3, len(peaks) - 2)):  # first, second and last kept beat
+        h = _hand(t, i, causal)
+        np.testing.assert_allclose(rb.x[row, 0, 256:], [h[f] for f in names], rtol=1e-5)
+    # The window itself is the beat-only input, unchanged.
+    plain = wfdb_beats(data_config(db, tmp_path / "cache")).records["k01"]
+    np.testing.assert_array_equal(rb.x[:, 0, :256], plain.x)
+
+
+def test_other_lead_becomes_the_second_channel(tmp_path):
+    from pfl.data.sources import wfdb_beats
+
+    db = tmp_path / "db"
+    db.mkdir()
+    _write_known_peaks(db)
+    one = wfdb_beats(data_config(db, tmp_path / "cache")).records["k01"]
+    two = wfdb_beats(data_config(db, tmp_path / "cache", extra_leads=["other"])).records["k01"]
+    by_name = wfdb_beats(data_config(db, tmp_path / "c2", lead="V1")).records["k01"]
+    assert two.x.shape == (len(one), 2, 256) and two.lead == "MLII+V1"
+    np.testing.assert_allclose(two.x[:, 0], one.x, atol=1e-6)
+    np.testing.assert_allclose(two.x[:, 1], by_name.x, atol=1e-6)
+    # A second load reads the cache and gives the same arrays.
+    again = wfdb_beats(data_config(db, tmp_path / "cache", extra_leads=["other"])).records["k01"]
+    np.testing.assert_array_equal(again.x, two.x)
+    with pytest.raises(Exception, match="extra lead 'V5' not found; available leads: MLII, V1"):
+        wfdb_beats(data_config(db, tmp_path / "cache", extra_leads=["V5"]))
+
+
+def test_bad_rr_settings_name_the_value_and_what_is_allowed():
+    with pytest.raises(ConfigError, match="post.*causal"):
+        parse_rr({"features": ["pre", "post"], "causal": True})
+    with pytest.raises(ConfigError, match="data.rr.features.*'qt'"):
+        parse_rr({"features": ["pre", "qt"]})
+    from pfl.data.rr import parse_features
+
+    with pytest.raises(ConfigError, match=r"data.features.*\[beat\] or \[beat, rr\]"):
+        parse_features(["rr"])
+
+
+def test_pack_puts_the_features_after_every_channel_window():
+    x = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3)
+    f = np.array([[7, 8], [9, 10]], np.float32)
+    out = pack(x, f)
+    assert out.tolist() == [[[0, 1, 2, 7, 8], [3, 4, 5, 7, 8]], [[6, 7, 8, 9, 10], [9, 10, 11, 9, 10]]]
+    raw = np.array([[0.5, 1.0, 0.8, 0.7, 0.9, 0.6]])
+    np.testing.assert_allclose(select(raw, {"features": ["pre_local", "average"], "causal": True}),
+                               [[0.5 / 0.7, 0.6]], rtol=1e-6)
+
+
+def _conv(c_in, c_out, k):
+    return c_in * c_out * k + c_out
+
+
+def _lin(i, o):
+    return i * o + o
+
+
+def _lstm(i, h):
+    return 4 * (i * h + h * h + 2 * h)
+
+
+@pytest.mark.parametrize("leads, rr", [(1, 0), (2, 6)])
+def test_every_model_has_its_hand_counted_parameters_and_output_shape(leads, rr):
+    rr_branch = (_lin(rr, 32) + _lin(32, 32)) if rr else 0
+    rr_small = (_lin(rr, 16) + _lin(16, 16)) if rr else 0
+    expected = {
+        SmallCNN: _conv(leads, 16, 7) + _conv(16, 32, 5) + _conv(32, 32, 3) + _lin(32 + (16 if rr else 0), 5)
+        + rr_small,
+        CNNLSTM: _conv(leads, 32, 5) + _conv(32, 64, 5) + _conv(64, 128, 5) + _lstm(128, 190)
+        + _lin(190 + (32 if rr else 0), 64) + _lin(64, 5) + rr_branch,
+        # stem, 3 blocks (two convs + two GroupNorms (2c each) + a 1x1 skip where the width changes)
+        ResNet1D: _conv(leads, 16, 7)
+        + sum(_conv(a, b, 7) + _conv(b, b, 7) + 4 * b + _conv(a, b, 1) for a, b in ((16, 16), (16, 32), (32, 64)))
+        + _lin(64 + (32 if rr else 0), 5) + rr_branch,
+    }
+    for cls, n in expected.items():
+        model = cls(in_channels=leads, rr_features=rr)
+        assert sum(p.numel() for p in model.parameters()) == n, cls.__name__
+        out = model(torch.randn(3, leads, 256 + rr))
+        assert out.shape == (3, 5), cls.__name__
+    if (leads, rr) == (1, 0):
+        assert expected[CNNLSTM] == 307_333  # the reference model, unchanged
+
+
+def test_the_rr_branch_sees_the_rr_tail_and_not_the_window():
+    torch.manual_seed(0)
+    model = CNNLSTM(rr_features=3).eval()
+    x = torch.randn(4, 1, 259)
+    y = x.clone()
+    y[:, 0, -3:] += 1.0  # other rhythm, same beat
+    assert not torch.allclose(model(x), model(y))
+    w = x.clone()
+    w[:, 0, :-3] += 1.0  # other beat, same rhythm: the window is what changed
+    assert not torch.allclose(model(x), model(w))
