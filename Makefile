@@ -10,7 +10,7 @@ MLFLOW_DB := outputs/mlflow.db
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint bench ui clean
+.PHONY: help install run study test test-fast lint bench ui clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ run: $(STAMP) ## run the default study (three strategies) and print the comparis
 	$(BIN)/pfl experiment=quick $(ARGS)
 	$(BIN)/pfl-report --experiment quick
 	@echo "Dashboard: make ui   (mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)); open http://127.0.0.1:5000, Ctrl-C stops it)"
+
+study: $(STAMP) ## run the results grid (resumable; ARGS="hospitals-only overrides", e.g. ARGS="federation.rounds=20"), write RESULTS.md
+	$(BIN)/pfl-study results $(ARGS)
 
 test: $(STAMP) ## run the test suite (integration tests need PFL_DATA_DIR)
 	$(BIN)/python -m pytest -q $(ARGS)

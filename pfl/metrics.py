@@ -50,7 +50,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [model(x[s].to(device)).argmax(1).cpu() for s in chunks(len(x), batch_size)]
+    # No autograd graph: evaluation needs none, and recording one costs time and memory.
+    with torch.inference_mode():
+        out = [model(x[s].to(device)).argmax(1).cpu() for s in chunks(len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
