@@ -32,7 +32,7 @@ run: $(STAMP) ## run the default study (three strategies) and print the comparis
 	$(BIN)/pfl-report --experiment quick
 	@echo "Dashboard: make ui   (mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)); open http://127.0.0.1:5000, Ctrl-C stops it)"
 
-study: $(STAMP) ## run the results grid (resumable; ARGS="hospitals-only overrides", e.g. ARGS="federation.rounds=20"), write RESULTS.md
+study: $(STAMP) ## run the results grid (resumable; ARGS="--dry-run" or overrides for every cell), write RESULTS.md
 	$(BIN)/pfl-study results $(ARGS)
 
 test: $(STAMP) ## run the test suite (integration tests need PFL_DATA_DIR)

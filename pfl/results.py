@@ -282,6 +282,13 @@ def write_results(grid, cells: Sequence[Any], uri: str, sitting_seconds: float |
                    "budgets, so a reference point rather than a like-for-like comparison):", "", *anchors, ""]
     md += _headline(headline, labels)
     figs = _figures(grid, strategies, runs, labels, out)
+    curves = _learning_curves(grid, strategies, runs, labels, out, uri)
+    if curves:
+        figs += curves
+        md += ["## Convergence", "",
+               "Training loss per round (mean over the round's clients, seed 0) and the validation macro-F1 at each "
+               "evaluation, per federation: `learning_curves_<federation>.png`. "
+               + _convergence_note(grid, strategies, runs, uri), ""]
     if figs:
         md += ["## Figures", "", *(f"![{f}]({f})" for f in figs), ""]
     path = out / "RESULTS.md"
@@ -310,6 +317,66 @@ def _headline(headline: dict[str, Any], labels: dict[str, str]) -> list[str]:
                    f"{100 * b['worst']:.1f}% ({100 * h['d_worst']:+.1f} pp).")
     out.append("")
     return out
+
+
+def _histories(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from pfl.tracking import open_client
+
+    client = open_client(uri)
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _convergence_note(grid, strategies, runs, uri: str) -> str:
+    """Which runs were still improving: the training loss of the last round against the mean of
+    the two before it (seed 0)."""
+    still = []
+    for f in grid.federations:
+        for s in strategies:
+            r = runs.get((f, s), {}).get(grid.seeds[0])
+            if r is None:
+                continue
+            h = [v for _, v in _histories(uri, r.info.run_id, "train_loss")]
+            if len(h) >= 3 and h[-1] < 0.95 * float(np.mean(h[-3:-1])):
+                still.append(f"{f}/{s}")
+    if not still:
+        return "In every seed-0 run the last round's training loss is within 5% of the two rounds before it."
+    return ("Still improving by more than 5% in the last round (more rounds would change these cells): "
+            + ", ".join(still) + ".")
+
+
+def _learning_curves(grid, strategies, runs, labels, out: Path, uri: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for f in grid.federations:
+        seed0 = {s: runs.get((f, s), {}).get(grid.seeds[0]) for s in strategies}
+        seed0 = {s: r for s, r in seed0.items() if r is not None}
+        if not seed0:
+            continue
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for s, r in seed0.items():
+            loss = _histories(uri, r.info.run_id, "train_loss")
+            f1 = _histories(uri, r.info.run_id, "val.personal.f1.mean")
+            if loss:
+                a1.plot(*zip(*loss, strict=True), label=labels.get(s, s))
+            if f1:
+                a2.plot([x for x, _ in f1], [100 * v for _, v in f1], marker="o", label=labels.get(s, s))
+        a1.set_xlabel("round")
+        a1.set_ylabel("training loss")
+        a1.set_yscale("log")
+        a2.set_xlabel("round")
+        a2.set_ylabel("val macro-F1 (%)")
+        a1.set_title(f"{f}: training loss (seed {grid.seeds[0]})")
+        a2.set_title(f"{f}: validation macro-F1")
+        a2.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / f"learning_curves_{f}.png", dpi=100)
+        plt.close(fig)
+        names.append(f"learning_curves_{f}.png")
+    return names
 
 
 def _figures(grid, strategies, runs, labels, out: Path) -> list[str]:
