@@ -8,7 +8,9 @@ gamma = 0 is (weighted) cross-entropy exactly as `torch.nn.functional.cross_entr
 it; gamma > 0 is the focal loss of Lin et al. (ICCV 2017), which down-weights beats the model
 already classifies well. Class weights: `balanced` = n / (k * n_c) over the federated clients'
 training labels (scikit-learn's "balanced" formula; a class with no training beat gets 0,
-since it never appears as a label), or an explicit list, one weight per class. The loss goes
+since it never appears as a label), `client` = the same formula over each client's own
+training labels (a site where S beats are 1% weighs them more than one where they are 10%),
+or an explicit list, one weight per class. The loss goes
 through `Context.criterion`, so every strategy (and evaluation-time fine-tuning) uses it.
 """
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from pfl.errors import ConfigError
 
-WEIGHTINGS = ("balanced",)
+WEIGHTINGS = ("balanced", "client")
 
 
 class ClassLoss:
@@ -46,9 +48,30 @@ class ClassLoss:
         w = self.weights.to(device=logits.device, dtype=logits.dtype)[y]
         return (w * per).sum() / w.sum().clamp_min(torch.finfo(logits.dtype).tiny)
 
+    def use(self, cid: str) -> None:
+        """Called with the client about to train (pfl.strategies.base.Context.loader); the
+        federation-wide loss is the same for every client."""
+
     def __repr__(self) -> str:
         w = None if self.weights is None else [round(float(v), 4) for v in self.weights]
         return f"ClassLoss(weights={w}, gamma={self.gamma})"
+
+
+class PerClientLoss(ClassLoss):
+    """`loss.weights=client`: each client's balanced weights from its own training labels.
+
+    Every training loop of every strategy draws its batches through `Context.loader(client)`,
+    which calls `use(client)` first, so the weights follow the client without any strategy
+    passing them along; a client not in the table (none in practice) gets the federation's.
+    """
+
+    def __init__(self, by_client: dict[str, list[float]], fallback: Sequence[float], gamma: float = 0.0):
+        super().__init__(fallback, gamma)
+        self.by_client = {cid: torch.as_tensor(w, dtype=torch.float32) for cid, w in by_client.items()}
+        self.fallback = self.weights
+
+    def use(self, cid: str) -> None:
+        self.weights = self.by_client.get(cid, self.fallback)
 
 
 def balanced_weights(counts: Sequence[int]) -> list[float]:
@@ -60,8 +83,10 @@ def balanced_weights(counts: Sequence[int]) -> list[float]:
     return out.tolist()
 
 
-def build_loss(cfg: Any, classes: Sequence[str], train_counts: Sequence[int]) -> ClassLoss:
-    """The configured loss; `train_counts` are the federated clients' training labels per class."""
+def build_loss(cfg: Any, classes: Sequence[str], train_counts: Sequence[int],
+               client_counts: dict[str, Sequence[int]] | None = None) -> ClassLoss:
+    """The configured loss; `train_counts` are the federated clients' training labels per class,
+    `client_counts` each client's (for `weights: client`)."""
     cfg = dict(cfg or {})
     gamma = cfg.get("gamma", 0.0)
     if not isinstance(gamma, int | float) or isinstance(gamma, bool) or not 0 <= float(gamma) <= 10:
@@ -71,8 +96,11 @@ def build_loss(cfg: Any, classes: Sequence[str], train_counts: Sequence[int]) ->
         return ClassLoss(None, gamma)
     if isinstance(weights, str):
         if weights not in WEIGHTINGS:
-            raise ConfigError("loss.weights", weights, "null, balanced, or a list of one weight per class "
+            raise ConfigError("loss.weights", weights, "null, balanced, client, or a list of one weight per class "
                               f"{list(classes)}")
+        if weights == "client":
+            return PerClientLoss({cid: balanced_weights(c) for cid, c in (client_counts or {}).items()},
+                                 balanced_weights(train_counts), gamma)
         return ClassLoss(balanced_weights(train_counts), gamma)
     values = list(weights)
     if len(values) != len(classes) or not all(isinstance(v, int | float) and v >= 0 for v in values) \

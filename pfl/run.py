@@ -103,7 +103,9 @@ def train(cfg: DictConfig, console=None) -> Result:
 
     # Class weights (loss.weights=balanced) come from the training clients' labels.
     counts = np.bincount(np.concatenate([c.train.y.numpy() for c in train_clients]), minlength=len(fed.classes))
-    criterion = build_loss(cfg.get("loss"), fed.classes, counts.tolist())
+    per_client = {c.cid: np.bincount(c.train.y.numpy(), minlength=len(fed.classes)).tolist()
+                  for c in [*train_clients, *fed.clients]}
+    criterion = build_loss(cfg.get("loss"), fed.classes, counts.tolist(), per_client)
     # Centralized: one optimizer over rounds x local_epochs epochs of the pooled data, its
     # state carried from round to round (rounds only mark evaluations).
     ctx = Context(trainer=ClientTrainer(**cfg.trainer), optimizer=optimizer, lr=float(fcfg.optimizer.lr),

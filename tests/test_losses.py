@@ -117,3 +117,35 @@ def test_balanced_sampling_runs_through_training_and_a_bad_value_is_refused(synt
                for k in uniform.global_weights if torch.is_floating_point(uniform.global_weights[k]))
     with pytest.raises(ConfigError, match="federation.sampling='stratified'"):
         train(make_cfg(synthetic_db, tmp_path / "x", "federation.sampling=stratified"))
+
+
+def test_client_weights_follow_the_client_that_trains():
+    z, y = _batch(2, n=9)
+    counts_a, counts_b, total = [50, 5, 20, 1, 0], [10, 10, 0, 2, 3], [60, 15, 20, 3, 3]
+    loss = build_loss({"weights": "client"}, CLASSES, total, {"a": counts_a, "b": counts_b})
+    zt, yt = torch.tensor(z, dtype=torch.float64), torch.tensor(y)
+    for cid, counts in (("a", counts_a), ("b", counts_b), ("unknown", total)):
+        loss.use(cid)
+        w = compute_class_weight("balanced", classes=np.flatnonzero(counts), y=np.repeat(np.arange(5), counts))
+        full = np.zeros(5)
+        full[np.flatnonzero(counts)] = w
+        assert float(loss(zt, yt)) == pytest.approx(_hand(z, y, full), rel=1e-6), cid
+
+
+def test_client_weights_are_set_for_every_client_that_trains(synthetic_db, tmp_path, monkeypatch):
+    from pfl.losses import PerClientLoss
+    from pfl.run import train
+
+    seen = []
+    use = PerClientLoss.use
+
+    def record(self, cid):
+        seen.append((cid, self.by_client[cid].tolist()))
+        use(self, cid)
+
+    monkeypatch.setattr(PerClientLoss, "use", record)
+    train(make_cfg(synthetic_db, tmp_path, "data.records=[s01,s02,s03]", "federation.rounds=1",
+                   "loss=weighted", "loss.weights=client", "strategy=ditto"))
+    # Ditto trains a global and a personal model per client: both under the client's own weights.
+    assert sorted({c for c, _ in seen}) == ["s01", "s02", "s03"] and len(seen) == 6
+    assert seen[0][1] != seen[2][1] or seen[0][1] != seen[4][1]  # the sites' class mixes differ

@@ -78,6 +78,11 @@ class Context:
 
     def loader(self, client: Client, rnd: int, tag: str, split: str = "train", group: int = 1,
                batch_size: int | None = None) -> BatchLoader:
+        # Every training loop gets its batches here: the loss learns whose they are (per-client
+        # class weights, loss.weights=client).
+        use = getattr(self.criterion, "use", None)
+        if use is not None and split == "train":
+            use(client.cid)
         return BatchLoader(client.split(split), batch_size or self.batch_size,
                            seed=self.seed_for(rnd, client.cid, tag, "batches"), group=group,
                            sampling=self.sampling if split == "train" else "uniform")
