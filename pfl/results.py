@@ -81,27 +81,48 @@ def _unseen(run) -> set[str]:
     return {c for c in run.data.tags.get("unseen_clients", "").split(",") if c}
 
 
-def _pairs(runs_a: dict[int, Any], runs_b: dict[int, Any], unseen: bool, model_a: str = "personal",
-           model_b: str = "personal") -> tuple[list[float], list[float]]:
-    a, b = [], []
-    for seed in sorted(set(runs_a) & set(runs_b)):
+def _pairs(runs_a: dict[int, Any], runs_b: dict[int, Any], unseen: bool, per_seed: bool = False,
+           model_a: str = "personal", model_b: str = "personal") -> tuple[list[float], list[float]]:
+    """Per-client macro-F1 of two arms over the seeds both ran: one pair per client, each arm
+    averaged over those seeds (a client is one unit of the test, whatever the seeds), or one
+    pair per (client, seed) with per_seed (for plots)."""
+    seeds = sorted(set(runs_a) & set(runs_b))
+    by_client: dict[str, tuple[list[float], list[float]]] = {}
+    for seed in seeds:
         ra, rb = runs_a[seed], runs_b[seed]
         for cid in _client_ids(ra):
             if (cid in _unseen(ra)) != unseen:
                 continue
             ka, kb = f"client.{cid}.test.{model_a}.f1", f"client.{cid}.test.{model_b}.f1"
             if ka in ra.data.metrics and kb in rb.data.metrics:
-                a.append(ra.data.metrics[ka])
-                b.append(rb.data.metrics[kb])
-    return a, b
+                xs, ys = by_client.setdefault(cid, ([], []))
+                xs.append(ra.data.metrics[ka])
+                ys.append(rb.data.metrics[kb])
+    if per_seed:
+        return ([v for xs, _ in by_client.values() for v in xs], [v for _, ys in by_client.values() for v in ys])
+    return ([float(np.mean(xs)) for xs, _ in by_client.values()], [float(np.mean(ys)) for _, ys in by_client.values()])
 
 
-def _seconds(run) -> float:
-    return ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000.0
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down; nan stays nan)."""
+    finite = sorted((p, k) for k, p in pvalues.items() if math.isfinite(p))
+    m, out, running = len(finite), {k: math.nan for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(finite):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
 
 
-def _rounds(run) -> int:
-    return int(run.data.params.get("federation.rounds", "1"))
+_ROUND_SECONDS: dict[str, list[float]] = {}
+
+
+def _round_seconds(uri: str, run) -> list[float]:
+    """The logged wall time of every round (training, evaluation, logging): a resumed run's
+    start time would count the time the grid was stopped."""
+    rid = run.info.run_id
+    if rid not in _ROUND_SECONDS:
+        _ROUND_SECONDS[rid] = [v for _, v in _histories(uri, rid, "round_seconds")]
+    return _ROUND_SECONDS[rid]
 
 
 def _fmt(st: Stat, signed: bool = False) -> str:
@@ -113,15 +134,20 @@ def _p(p: float) -> str:
 
 
 def federation_block(fed: str, strategies: Sequence[str], runs: dict[tuple[str, str], dict[int, Any]],
-                     labels: dict[str, str], prefix: str, title: str, csv_rows: list) -> tuple[list[str], dict]:
+                     labels: dict[str, str], prefix: str, title: str, csv_rows: list,
+                     uri: str) -> tuple[list[str], dict]:
     """One table; returns its markdown lines and the headline numbers per strategy."""
     model_of = "personal"
     lines = [f"### {title}", "",
              "| strategy | seeds | " + " | ".join(h for h, _, _ in COLUMNS)
-             + " | Δ F1 vs FedAvg (pp) | p (Wilcoxon) | Δ worst F1 (pp) | s / round | MB sent / client / round |",
-             "|" + "---|" * (len(COLUMNS) + 7)]
+             + " | Δ F1 vs FedAvg (pp) | p (Wilcoxon) | p (Holm) | Δ worst F1 (pp) | s / round "
+               "| MB sent / client / round |",
+             "|" + "---|" * (len(COLUMNS) + 8)]
     base = runs.get((fed, BASELINE), {})
     heads: dict[str, dict[str, float]] = {}
+    pvals = {s: paired_wilcoxon(*_pairs(runs[(fed, s)], base, unseen=bool(prefix)))
+             for s in strategies if s != BASELINE and runs.get((fed, s)) and base}
+    adjusted = holm(pvals)
     for s in strategies:
         rs = runs.get((fed, s), {})
         if not rs:
@@ -137,13 +163,16 @@ def federation_block(fed: str, strategies: Sequence[str], runs: dict[tuple[str, 
         d_w = Stat.of(rs[k].data.metrics.get(worst, math.nan) - base[k].data.metrics.get(worst, math.nan)
                       for k in shared)
         a, b = _pairs(rs, base, unseen=bool(prefix))
-        p = paired_wilcoxon(a, b) if s != BASELINE else math.nan
-        sec = Stat.of(_seconds(r) / _rounds(r) for r in rs.values())
+        p = pvals.get(s, math.nan)
+        sec = Stat.of(float(np.mean(_round_seconds(uri, r) or [math.nan])) for r in rs.values())
         mb = Stat.of(r.data.metrics.get("bytes_sent_per_client", math.nan) / 1e6 for r in rs.values())
         lines.append(f"| {labels.get(s, s)} | {len(rs)} | " + " | ".join(cells)
-                     + f" | {'-' if s == BASELINE else _fmt(d_f1, True)} | {_p(p)} | "
+                     + f" | {'-' if s == BASELINE else _fmt(d_f1, True)} | {_p(p)} | {_p(adjusted.get(s, math.nan))} | "
                      f"{'-' if s == BASELINE else _fmt(d_w, True)} | {sec.mean:.1f} | {mb.mean:.3f} |")
+        val_f1 = f"{prefix}val.{model_of}.f1.mean"
         heads[s] = {"f1": Stat.of(r.data.metrics.get(f1, math.nan) for r in rs.values()).mean,
+                    "val_f1": Stat.of(r.data.metrics.get(val_f1, math.nan) for r in rs.values()).mean,
+                    "p_holm": adjusted.get(s, math.nan),
                     "worst": Stat.of(r.data.metrics.get(worst, math.nan) for r in rs.values()).mean,
                     "d_f1": d_f1.mean, "d_worst": d_w.mean, "p": p, "n_pairs": len(a)}
         for (h, suffix, _), _c in zip(COLUMNS, cells, strict=True):
@@ -152,6 +181,7 @@ def federation_block(fed: str, strategies: Sequence[str], runs: dict[tuple[str, 
             csv_rows.append([fed, title, s, h, st.mean, st.std, st.n])
         csv_rows.append([fed, title, s, "delta_f1_vs_fedavg", d_f1.mean, d_f1.std, d_f1.n])
         csv_rows.append([fed, title, s, "wilcoxon_p", p, math.nan, len(a)])
+        csv_rows.append([fed, title, s, "wilcoxon_p_holm", adjusted.get(s, math.nan), math.nan, len(a)])
     lines.append("")
     return lines, heads
 
@@ -197,12 +227,30 @@ def _machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def _name(key: str) -> str:
+    return {"f1_nsvf": "macro-F1 (N,S,V,F)", "acc": "accuracy"}.get(key) or key.replace("ppv_", "+P ").replace(
+        "se_", "Se ").replace("f1_", "F1 ")
+
+
+def derived_f1(anchor: dict[str, Any]) -> dict[str, float]:
+    """Per-class F1 = 2 Se +P / (Se + +P) where a source gives both, and their mean over N, S, V, F."""
+    out = {}
+    for c in ("N", "S", "V", "F"):
+        se, p = anchor.get(f"se_{c}"), anchor.get(f"ppv_{c}")
+        if se is not None and p is not None:
+            out[f"f1_{c}"] = 2 * se * p / (se + p)
+    if len(out) == 4:
+        out["f1_nsvf"] = float(np.mean(list(out.values())))
+    return out
+
+
 def _anchor_lines(fed: str) -> list[str]:
     out = []
     for a in ANCHORS.get(fed, []):
-        nums = ", ".join(f"{k.replace('ppv_', '+P ').replace('se_', 'Se ').replace('f1_', 'F1 ')} {v}"
-                         for k, v in a.items() if k != "source")
-        out.append(f"- {nums} — {a['source']}")
+        nums = ", ".join(f"{_name(k)} {v}" for k, v in a.items() if k != "source")
+        d = derived_f1(a)
+        derived = ("; derived from its Se and +P: " + ", ".join(f"{_name(k)} {v:.1f}" for k, v in d.items())) if d else ""
+        out.append(f"- {nums}{derived} — {a['source']}")
     return out
 
 
@@ -228,13 +276,14 @@ def write_results(grid, cells: Sequence[Any], uri: str, sitting_seconds: float |
     strategies = list(grid.strategies)
     out = grid.out
     out.mkdir(parents=True, exist_ok=True)
-    total_run_s = sum(_seconds(r) for rs in runs.values() for r in rs.values())
+    total_run_s = sum(sum(_round_seconds(uri, r)) for rs in runs.values() for r in rs.values())
     md = [f"# Results: grid `{grid.name}`", "",
           "Generated by `pfl-study " + grid.name + "` from the MLflow runs of study `" + grid.study
           + "`; do not edit by hand (run `pfl-study " + grid.name + " --report-only` to regenerate).", "",
           f"- git commit: `{git_commit()}`; written {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
           f"- machine: {_machine()}",
-          f"- wall time: {total_run_s / 3600:.2f} h of runs in total"
+          f"- wall time: {total_run_s / 3600:.2f} h of rounds in total (sum of every grid run's round times; "
+          "tuning, data loading and start-up not included)"
           + (f"; this sitting {sitting_seconds / 3600:.2f} h" if sitting_seconds else ""),
           f"- cells: {len(cells) - len(missing)} of {len(cells)} finished"
           + (f"; missing (not run yet, or failed): {', '.join(missing)}" if missing else ""),
@@ -246,31 +295,35 @@ def write_results(grid, cells: Sequence[Any], uri: str, sitting_seconds: float |
           "Every number is the last round's, on test, in percent: mean ± sample std over seeds. Each strategy is "
           "scored with the model it evaluates clients with (personalized; FedAvg's is the global model). "
           "Δ are per seed against FedAvg of the same seed, then averaged. p: two-sided Wilcoxon signed-rank test "
-          "(scipy.stats.wilcoxon) of the per-client macro-F1 against FedAvg's, pairs over clients x seeds. "
-          "Se / +P: pooled over clients (AAMI EC57). s / round: run wall time / rounds (training, evaluation, "
-          "logging). MB sent: what one client uploads per round.", ""]
+          "(scipy.stats.wilcoxon) of each client's macro-F1 (mean over the seeds both ran) against FedAvg's, one "
+          "pair per client, so a federation of 3 sites cannot go below p = 0.25; p (Holm): adjusted for the "
+          "comparisons of the table (Holm-Bonferroni). Se / +P: pooled over clients (AAMI EC57). s / round: the "
+          "mean logged round time (training, evaluation, logging). MB sent: what one client uploads per round.",
+          ""]
     if grid.description:
         md += [grid.description, ""]
     csv_rows: list[list[Any]] = []
     headline: dict[str, Any] = {}
     for fed in grid.federations:
         md += [f"## {fed}", ""]
-        lines, heads = federation_block(fed, strategies, runs, labels, "", f"{fed}: clients that trained", csv_rows)
+        lines, heads = federation_block(fed, strategies, runs, labels, "", f"{fed}: clients that trained", csv_rows,
+                                        uri)
         md += lines
         headline[fed] = heads
         unseen_any = any(_unseen(r) for (f, _), rs in runs.items() if f == fed for r in rs.values())
         if unseen_any:
             lines, heads_u = federation_block(fed, strategies, runs, labels, "unseen.",
-                                              f"{fed}: patients that never trained (adapted models)", csv_rows)
+                                              f"{fed}: patients that never trained (adapted models)", csv_rows, uri)
             md += lines
             headline[f"{fed}/unseen"] = heads_u
             base = runs.get((fed, BASELINE), {})
             if base:
                 g = {k: Stat.of(r.data.metrics.get(f"unseen.test.global.{k}", math.nan) for r in base.values())
-                     for k in ("acc.pooled", "f1_nsvf.pooled", "se_S.pooled", "ppv_S.pooled", "se_V.pooled",
-                               "ppv_V.pooled", "se_N.pooled", "ppv_N.pooled", "se_F.pooled")}
+                     for k in ("acc.pooled", "f1_nsvf.pooled", "f1_N.pooled", "f1_S.pooled", "f1_V.pooled",
+                               "f1_F.pooled", "se_N.pooled", "ppv_N.pooled", "se_S.pooled", "ppv_S.pooled",
+                               "se_V.pooled", "ppv_V.pooled", "se_F.pooled")}
                 md += ["FedAvg's global model on the patients that never trained, pooled: "
-                       + ", ".join(f"{k.split('.')[0].replace('ppv_', '+P ').replace('se_', 'Se ')} {_fmt(v)}"
+                       + ", ".join(f"{_name(k.split('.')[0])} {_fmt(v)}"
                                    for k, v in g.items()), ""]
                 headline[f"{fed}/global_unseen"] = {k: v.mean for k, v in g.items()}
         verdicts = site_verdicts(fed, strategies, runs, labels, unseen=False)
@@ -304,17 +357,26 @@ def _headline(headline: dict[str, Any], labels: dict[str, str]) -> list[str]:
     out = ["## Headline", ""]
     for block, heads in headline.items():
         if "/global_unseen" in block:
+            fed = block.split("/")[0]
+            chazal = derived_f1(ANCHORS.get(fed, [{}])[0]) if ANCHORS.get(fed) else {}
+            ours = ", ".join(f"{_name(k.split('.')[0])} {100 * v:.1f}%" for k, v in heads.items()
+                             if k.startswith("f1_") and math.isfinite(v))
+            out.append(f"- {fed}, patients that never trained, FedAvg's global model (pooled): {ours}"
+                       + (f"; de Chazal 2004 (derived from its Se and +P): macro-F1 (N,S,V,F) "
+                          f"{chazal['f1_nsvf']:.1f}%, F1 S {chazal['f1_S']:.1f}%, F1 V {chazal['f1_V']:.1f}%"
+                          if "f1_nsvf" in chazal else "") + ".")
             continue
         cands = {s: h for s, h in heads.items() if s != BASELINE and math.isfinite(h["f1"])}
         if BASELINE not in heads or not cands:
             out.append(f"- {block}: not enough finished cells for a comparison.")
             continue
-        best = max(cands, key=lambda s: cands[s]["f1"])
+        # Chosen by validation macro-F1, like every other choice in the grid; reported on test.
+        best = max(cands, key=lambda s: (cands[s]["val_f1"] if math.isfinite(cands[s]["val_f1"]) else -1))
         h, b = cands[best], heads[BASELINE]
-        out.append(f"- {block}: best non-FedAvg strategy {labels.get(best, best)}: macro-F1 {100 * h['f1']:.1f}% vs "
-                   f"FedAvg {100 * b['f1']:.1f}% ({100 * h['d_f1']:+.1f} pp, Wilcoxon p {_p(h['p'])} over "
-                   f"{h['n_pairs']} client-seed pairs); worst-client macro-F1 {100 * h['worst']:.1f}% vs "
-                   f"{100 * b['worst']:.1f}% ({100 * h['d_worst']:+.1f} pp).")
+        out.append(f"- {block}: the best other strategy by val macro-F1 is {labels.get(best, best)}: test macro-F1 "
+                   f"{100 * h['f1']:.1f}% vs FedAvg {100 * b['f1']:.1f}% ({100 * h['d_f1']:+.1f} pp, Wilcoxon p "
+                   f"{_p(h['p'])} over {h['n_pairs']} clients, Holm {_p(h['p_holm'])}); worst-client macro-F1 "
+                   f"{100 * h['worst']:.1f}% vs {100 * b['worst']:.1f}% ({100 * h['d_worst']:+.1f} pp).")
     out.append("")
     return out
 
@@ -417,7 +479,7 @@ def _figures(grid, strategies, runs, labels, out: Path) -> list[str]:
             rs = runs.get((f, s), {})
             if s == BASELINE or not rs:
                 continue
-            a, b = _pairs(rs, base, unseen=False)
+            a, b = _pairs(rs, base, unseen=False, per_seed=True)
             if a:
                 ax.scatter(100 * np.asarray(b), 100 * np.asarray(a), s=12, label=labels.get(s, s), alpha=0.7)
         ax.plot([0, 100], [0, 100], "k--", lw=0.8)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from pfl import config as cfgmod
 from pfl import tables
+from pfl.errors import ConfigError
 from pfl.data.types import Client, Federation, Split
 from pfl.fl.checkpoint import Checkpointer, load_checkpoint
 from pfl.fl.server import Result, Server
@@ -34,6 +35,21 @@ def load_federation(cfg: DictConfig) -> Federation:
     from pfl.data.sources import load_beats
 
     return build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
+
+
+def check_input(cfg: DictConfig, fed: Federation) -> None:
+    """The model reads what the data holds: its lead channels and its RR features (a model
+    that got this wrong would read RR intervals as signal, or signal as RR, without an error)."""
+    x = next((c.train.x for c in fed.clients if len(c.train)), None)
+    if x is None or x.ndim != 3:
+        return
+    channels, rr = cfg.model.get("in_channels", 1), cfg.model.get("rr_features", 0)
+    if int(x.shape[1]) != channels:
+        raise ConfigError("model.in_channels", channels, f"{x.shape[1]}, the lead channels of the data "
+                          "(1 + len(data.extra_leads))")
+    if fed.window is not None and int(x.shape[-1]) != fed.window + rr:
+        raise ConfigError("model.rr_features", rr, f"{int(x.shape[-1]) - fed.window}, the RR features after each "
+                          "window (data.features, data.rr.features)")
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -91,6 +107,7 @@ def train(cfg: DictConfig, console=None) -> Result:
     # null: the cores this process may run on (a Slurm job's or container's CPU set, not the node's).
     torch.set_num_threads(cfg.trainer.get("threads") or len(os.sched_getaffinity(0)))
     fed = load_federation(cfg)
+    check_input(cfg, fed)
     train_clients = fed.training_clients if cfg.mode == "federated" else [pooled_client(fed.training_clients)]
 
     fcfg = cfg.federation

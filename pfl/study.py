@@ -74,6 +74,8 @@ class Grid:
     tune: dict[str, Any]
     out: Path
     description: str = ""
+    #: the command line's overrides: last in every cell, so they win over tuned values too
+    extra: list[str] = field(default_factory=list)
 
     @property
     def tuning_file(self) -> Path:
@@ -132,11 +134,20 @@ def load_grid(name: str, extra: list[str] | None = None) -> Grid:
     tune.update(budget=budget, objective=objective, federation=tune.get("federation", next(iter(feds))),
                 seed=int(tune.get("seed", seeds[0])))
     root = Path(os.environ.get("PFL_ROOT_DIR", "."))
-    out = Path(str(d.get("out") or root / "outputs" / "results" / str(d.get("name", path.stem))))
-    return Grid(name=str(d.get("name", path.stem)), study=str(d.get("study", path.stem)), seeds=list(seeds),
-                jobs=jobs, overrides=_overrides(d.get("overrides"), "grid overrides") + list(extra or []),
+    name = str(d.get("name", path.stem))
+    out = Path(str(d.get("out") or root / "outputs" / "results" / name))
+    extra = list(extra or [])
+    if extra:
+        # Other overrides, other runs: their own tuning file and RESULTS.md beside the grid's.
+        import hashlib
+
+        digest = hashlib.sha256(" ".join(extra).encode()).hexdigest()[:8]
+        out = out.parent / f"{out.name}-{digest}"
+        tune["file"] = None
+    return Grid(name=name, study=str(d.get("study", path.stem)), seeds=list(seeds),
+                jobs=jobs, overrides=_overrides(d.get("overrides"), "grid overrides"),
                 federations=feds, strategies=strategies, tune=tune, out=out,
-                description=str(d.get("description", "")).strip())
+                description=str(d.get("description", "")).strip(), extra=extra)
 
 
 # --------------------------------------------------------------------------- search spaces
@@ -201,6 +212,10 @@ def _conf_digest() -> str:
     h = hashlib.sha256()
     for f in sorted(CONF_DIR.rglob("*.yaml")):
         h.update(str(f.relative_to(CONF_DIR)).encode() + b"\0" + f.read_bytes())
+    # The code that turns overrides into a hash: a change there must not leave stale hashes.
+    here = Path(__file__).resolve().parent
+    for name in ("config.py", "resolvers.py", "shortforms.py", "data/rr.py"):
+        h.update(name.encode() + b"\0" + (here / name).read_bytes())
     return h.hexdigest()
 
 
@@ -261,19 +276,20 @@ def tune_cells(grid: Grid, tuning: dict[str, Any]) -> list[Cell]:
     for s, ov in grid.strategies.items():
         if s in tuning:
             continue
-        space = dict(compose([*grid.overrides, *ov]).strategy.get("search") or {})
+        space = dict(compose([*grid.overrides, *ov, *grid.extra]).strategy.get("search") or {})
         if not space:
             continue
         for t, values in enumerate(sample_trials(space, grid.tune["budget"], s)):
             cells.append(Cell("tune", fed, s, grid.tune["seed"],
                               [*grid.overrides, *grid.federations[fed], *ov, *(f"{k}={v}" for k, v in values.items()),
-                               f"seed={grid.tune['seed']}"], trial=t, values=values))
+                               *grid.extra, f"seed={grid.tune['seed']}"], trial=t, values=values))
     return cells
 
 
 def grid_cells(grid: Grid, tuning: dict[str, Any]) -> list[Cell]:
     """Seed by seed, so that a grid stopped early holds whole seeds of every cell before it."""
-    return [Cell("grid", f, s, seed, [*grid.overrides, *fov, *sov, *tuned_overrides(grid, s, tuning), f"seed={seed}"])
+    return [Cell("grid", f, s, seed, [*grid.overrides, *fov, *sov, *tuned_overrides(grid, s, tuning), *grid.extra,
+                                      f"seed={seed}"])
             for seed in grid.seeds for f, fov in grid.federations.items() for s, sov in grid.strategies.items()]
 
 
@@ -320,8 +336,30 @@ def run_cell(cell: Cell, study: str, uri: str, log_dir: Path) -> tuple[int, floa
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _RUNNING.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            _RUNNING.discard(proc)
     return rc, time.perf_counter() - t0
+
+
+#: the cells' processes now running: stopped with the runner (they checkpoint every round)
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def _stop_running() -> None:
+    import signal
+
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # pfl marks its MLflow run KILLED; resume=true continues it
+    for proc in list(_RUNNING):
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _fmt_s(s: float) -> str:
@@ -337,20 +375,30 @@ def execute(cells: list[Cell], study: str, uri: str, jobs: int, log_dir: Path, s
     todo = [c for c in cells if c.config_hash not in done]
     say(f"{study}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run ({jobs} at a time)")
     failed: list[Cell] = []
-    times: list[float] = []
-    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_cell, c, study, uri, log_dir): c for c in todo}
+    times: dict[str, list[float]] = {}  # per federation: cells of another federation cost another time
+    pending = set(range(len(todo)))
+    pool = cf.ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = {pool.submit(run_cell, c, study, uri, log_dir): i for i, c in enumerate(todo)}
         for n, fut in enumerate(cf.as_completed(futures), 1):
-            c = futures[fut]
+            c = todo[futures[fut]]
+            pending.discard(futures[fut])
             rc, secs = fut.result()
-            times.append(secs)
+            times.setdefault(c.federation, []).append(secs)
             left = len(todo) - n
-            eta = float(np.mean(times)) * left / jobs if times else math.nan
+            overall = float(np.mean([t for ts in times.values() for t in ts]))
+            eta = sum(float(np.mean(times.get(todo[i].federation, [overall]))) for i in pending) / jobs
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log_dir / (c.key.replace('/', '__') + '.log')})"
             say(f"[{len(cells) - left}/{len(cells)}] {c.key}: {status} in {_fmt_s(secs)}; {left} left, "
                 f"about {_fmt_s(eta)} to go")
             if rc != 0:
                 failed.append(c)
+    except BaseException:
+        # Ctrl-C or SIGTERM: start no queued cell, stop the running ones (they resume later).
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_running()
+        raise
+    pool.shutdown()
     return failed
 
 
@@ -391,10 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only write RESULTS.md from what has finished")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: outputs/mlflow.db)")
     args = parser.parse_args(argv)
+    import signal
+
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return _main(args)
+    def on_term(signum, frame):  # a batch scheduler's SIGTERM: stop like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(args) -> int:
@@ -430,12 +487,18 @@ def _main(args) -> int:
                       + ", ".join(c.key for c in failed), file=sys.stderr)
         cells = _hash_cells(grid_cells(grid, tuning))
         _save_hashes(grid)
-        failed = execute(cells, study_of(grid, "grid"), uri, jobs, grid.out / "logs")
+        # A strategy whose tuning did not finish does not run untuned: its cells stay missing.
+        untuned = {c.strategy for c in tcells} - set(tuning)
+        if untuned:
+            print("not run until tuned (a trial failed; run again to retry): " + ", ".join(sorted(untuned)),
+                  file=sys.stderr)
+        failed = execute([c for c in cells if c.strategy not in untuned], study_of(grid, "grid"), uri, jobs,
+                         grid.out / "logs")
         from pfl.results import write_results
 
         path = write_results(grid, cells, uri, sitting_seconds=time.time() - t0)
         print(f"written {path}" + (f"; {len(failed)} cell(s) failed and are listed as missing" if failed else ""))
-        return 1 if failed else 0
+        return 1 if failed or untuned else 0
     except PflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -14,7 +14,7 @@ import wfdb
 from pfl.data.rr import RAW, pack, parse_rr, raw_intervals, select
 from pfl.errors import ConfigError
 from pfl.models import CNNLSTM, ResNet1D, SmallCNN
-from tests.synth import data_config
+from synth import data_config
 
 FS = 360
 
@@ -173,13 +173,75 @@ def test_every_model_has_its_hand_counted_parameters_and_output_shape(leads, rr)
         assert expected[CNNLSTM] == 307_333  # the reference model, unchanged
 
 
-def test_the_rr_branch_sees_the_rr_tail_and_not_the_window():
+def test_the_rr_branch_sees_the_rr_tail_and_the_convolutions_the_window():
     torch.manual_seed(0)
-    model = CNNLSTM(rr_features=3).eval()
-    x = torch.randn(4, 1, 259)
-    y = x.clone()
-    y[:, 0, -3:] += 1.0  # other rhythm, same beat
-    assert not torch.allclose(model(x), model(y))
-    w = x.clone()
-    w[:, 0, :-3] += 1.0  # other beat, same rhythm: the window is what changed
-    assert not torch.allclose(model(x), model(w))
+    for model in (CNNLSTM(rr_features=3, in_channels=2), SmallCNN(rr_features=3, in_channels=2),
+                  ResNet1D(rr_features=3, in_channels=2)):
+        seen = {}
+        first = model.features[0] if hasattr(model, "features") else model.stem[0]
+        first.register_forward_hook(lambda m, i, o: seen.__setitem__("conv", i[0]))
+        model.rr.register_forward_hook(lambda m, i, o: seen.__setitem__("rr", i[0]))
+        x = torch.randn(4, 2, 259)
+        model.eval()(x)
+        assert torch.equal(seen["conv"], x[..., :256]) and torch.equal(seen["rr"], x[:, 0, 256:])
+
+
+def test_a_model_that_does_not_match_the_input_is_refused(synthetic_db, tmp_path):
+    from compose import make_cfg
+
+    from pfl.run import train
+
+    rich = ("data.features=[beat,rr]", "data.extra_leads=[other]", "data.records=[s01,s02]")
+    with pytest.raises(ConfigError, match=r"model.rr_features=0 .*6, the RR features"):
+        train(make_cfg(synthetic_db, tmp_path, *rich, "model.rr_features=0"))
+    with pytest.raises(ConfigError, match=r"model.in_channels=1 .*2, the lead channels"):
+        train(make_cfg(synthetic_db, tmp_path, *rich, "model.in_channels=1"))
+
+
+def test_records_with_no_or_one_beat_have_zero_intervals():
+    assert raw_intervals(np.array([], dtype=np.int64), FS).shape == (0, len(RAW))
+    np.testing.assert_array_equal(raw_intervals(np.array([100]), FS), np.zeros((1, len(RAW))))
+    two = raw_intervals(np.array([0, 360]), FS)
+    np.testing.assert_allclose(two[:, :2], [[1.0, 1.0], [1.0, 1.0]])
+
+
+def test_local_beats_shapes_the_local_mean(tmp_path):
+    from pfl.data.sources import wfdb_beats
+
+    db = tmp_path / "db"
+    db.mkdir()
+    peaks = _write_known_peaks(db)
+    names = ["local"]
+    rb = wfdb_beats(data_config(db, tmp_path / "cache", features=["beat", "rr"],
+                                rr={"features": names, "causal": True, "local_beats": 3})).records["k01"]
+    t = (peaks / FS).tolist()
+    for row, i in ((0, 1), (5, 6)):
+        assert rb.x[row, 0, 256] == pytest.approx(_hand(t, i, True, k=3)["local"], rel=1e-5)
+
+
+@pytest.mark.parametrize("partition", ["patient", "interpatient"])
+def test_time_splits_keep_their_window_gap_with_leads_and_rr_features(synthetic_db, tmp_path, partition):
+    """Lead channels and RR features change the input, not which beats train, validate and test."""
+    from omegaconf import OmegaConf
+
+    from pfl.data.partitions import build_federation
+    from pfl.data.sources import wfdb_beats
+    from pfl.data.stats import window_overlap
+
+    parts = {"patient": {"_target_": "pfl.data.partitions.patient", "name": "patient", "records": "all",
+                         "train_minutes": 2, "val_fraction": 0.2},
+             "interpatient": {"_target_": "pfl.data.partitions.interpatient", "name": "interpatient",
+                              "ds1": ["s01", "s02", "s03"], "ds2": ["s04", "s05", "s06"], "split_by": "time",
+                              "fractions": {"train": 0.7, "val": 0.1, "test": 0.2}, "adapt_minutes": 2,
+                              "val_fraction": 0.2}}
+    part = OmegaConf.create(parts[partition])
+    plain = build_federation(wfdb_beats(data_config(synthetic_db, tmp_path / "c")), part, 0)
+    rich = build_federation(wfdb_beats(data_config(synthetic_db, tmp_path / "c", features=["beat", "rr"],
+                                                   extra_leads=["other"])), part, 0)
+    assert rich.window == plain.window == 256
+    for a, b in zip(plain.clients, rich.clients, strict=True):
+        for split in ("train", "val", "test"):
+            assert a.split(split).beat_ids() == b.split(split).beat_ids(), (a.cid, split)
+        assert b.train.x.shape[1:] == (2, 256 + 6)
+    overlap = window_overlap(rich)
+    assert overlap["val"]["windows"] == 0.0 and overlap["test"]["windows"] == 0.0

@@ -123,3 +123,14 @@ def test_study_tunes_runs_skips_resumes_and_reports_the_mlflow_numbers(synthetic
     expect = 100 * (runs["finetune"].data.metrics["test.personal.f1.mean"] - runs["none"].data.metrics["test.personal.f1.mean"])
     assert delta == pytest.approx(expect, abs=0.051)
     assert (tmp_path / "results" / "heatmap.png").stat().st_size > 0
+
+
+def test_f1_derived_from_a_papers_se_and_ppv_is_the_harmonic_mean():
+    from pfl.results import ANCHORS, derived_f1
+
+    d = derived_f1({"se_N": 80.0, "ppv_N": 90.0, "se_S": 50.0, "ppv_S": 50.0, "se_V": 100.0, "ppv_V": 25.0,
+                    "se_F": 10.0, "ppv_F": 90.0})
+    assert d["f1_N"] == pytest.approx(2 * 80 * 90 / 170) and d["f1_V"] == pytest.approx(40.0)
+    assert d["f1_nsvf"] == pytest.approx(np.mean([2 * 80 * 90 / 170, 50.0, 40.0, 18.0]))
+    chazal = derived_f1(ANCHORS["interpatient"][0])
+    assert chazal["f1_S"] == pytest.approx(2 * 75.9 * 38.5 / (75.9 + 38.5))

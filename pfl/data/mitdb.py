@@ -91,6 +91,8 @@ class DataSettings:
     #: more leads as further input channels, after `lead`: names, or "other" = the record's
     #: first lead that is not the main one (mitdb's second leads differ by record: V1, V2, V4, V5)
     extra_leads: tuple[str, ...] = ()
+    #: beats in the local RR mean (data.rr.local_beats), part of the cached intervals
+    rr_local_beats: int = 10
 
     @property
     def window(self) -> int:
@@ -117,6 +119,7 @@ class DataSettings:
             **({"database": self.database} if self.database != "mitdb" else {}),
             **({"resample": True} if self.resample else {}),
             **({"extra_leads": list(self.extra_leads)} if self.extra_leads else {}),
+            **({"rr_local_beats": self.rr_local_beats} if self.rr_local_beats != 10 else {}),
         }
 
     def settings_hash(self) -> str:
@@ -253,6 +256,7 @@ def parse_settings(cfg_data: Any) -> DataSettings:
         resample=resample,
         known_records=_record_names(d.get("known_records") or ()),
         extra_leads=extra,
+        rr_local_beats=int(d.get("rr_local_beats", 10)),
     )
 
 
@@ -457,7 +461,7 @@ def segment_record(root: Path, record: str, s: DataSettings) -> RecordBeats:
     mapping = s.symbol_to_class
     is_beat = np.fromiter((sym in mapping for sym in symbols), dtype=bool, count=len(symbols))
     # RR intervals from every beat annotation at the native rate (before edge trimming)
-    raw_rr = raw_intervals(native_samples[is_beat], native)
+    raw_rr = raw_intervals(native_samples[is_beat], native, s.rr_local_beats)
     samples = samples[is_beat]
     labels = np.fromiter(
         (mapping[sym] for sym, b in zip(symbols, is_beat, strict=True) if b), dtype=np.int64

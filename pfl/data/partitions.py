@@ -115,6 +115,9 @@ class _Pool:
     def __init__(self, beats: BeatSet, records: Sequence[str]):
         rbs = [beats.records[r] for r in records]
         shape = next((rb.x.shape[1:] for rb in beats.records.values()), (0,))
+        # The beat window in samples (the gap between time blocks), not the last axis of x,
+        # which also holds the RR features, nor its second, which is the lead channels.
+        self.window = beats.window
         self.x = np.concatenate([rb.x for rb in rbs]) if rbs else np.zeros((0, *shape), np.float32)
         self.y = np.concatenate([rb.y for rb in rbs]) if rbs else np.zeros(0, np.int64)
         self.sample = np.concatenate([rb.sample for rb in rbs]) if rbs else np.zeros(0, np.int64)
@@ -167,7 +170,7 @@ def _time_split(
     if minutes <= 0:
         raise ConfigError(key, minutes, "a number of minutes > 0")
     end = minutes * 60.0 * float(pool.fs[0]) if len(pool) else 0.0
-    tr, va, te = _blocks(pool.sample, [(1 - val_fraction) * end, end], pool.x.shape[1])
+    tr, va, te = _blocks(pool.sample, [(1 - val_fraction) * end, end], pool.window)
     return tr, va, te
 
 
@@ -210,7 +213,7 @@ def _blocks(sample: np.ndarray, bounds: Sequence[float], window: int) -> list[np
 def _by_time(pool: _Pool, idx: np.ndarray, fractions: Sequence[float]) -> list[np.ndarray]:
     """Each record's beats in idx split by R-peak time into consecutive blocks of `fractions`
     of its beats, a window apart (the beats inside the gap are dropped)."""
-    window = pool.x.shape[1]
+    window = pool.window
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
     for r in dict.fromkeys(pool.record[idx].tolist()):
         mine = idx[pool.record[idx] == r]
@@ -333,7 +336,7 @@ def hospitals(
                 log.warning("%s; using all of them", msg)
         parts = _split(pool, idx, fr, rng, split_by, f"site {site!r}")
         clients.append(_client(site, pool, *parts, records=recs))
-    return Federation(name=name, classes=list(beats.classes), clients=clients)
+    return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
 
 def patient(
@@ -355,7 +358,7 @@ def patient(
             pool, float(train_minutes), val_fraction, _rng(seed, name, r), "partition.train_minutes"
         )
         clients.append(_client(r, pool, *parts, records=[r]))
-    return Federation(name=name, classes=list(beats.classes), clients=clients)
+    return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
 
 def dirichlet(
@@ -453,7 +456,7 @@ def dirichlet(
         else:
             parts = [mine[which[mine] == i] for i in range(3)]
         clients.append(_client(cid, pool, *parts))
-    return Federation(name=name, classes=list(beats.classes), clients=clients)
+    return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
 
 def interpatient(
@@ -496,7 +499,7 @@ def interpatient(
             pool, float(adapt_minutes), val_fraction, _rng(seed, name, r), "partition.adapt_minutes"
         )
         clients.append(_client(r, pool, *parts, federated=False, records=[r]))
-    return Federation(name=name, classes=list(beats.classes), clients=clients)
+    return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
 
 def institutions(

@@ -14,8 +14,9 @@ these intervals, measured from the annotated R peaks of the same record:
 - ratios `pre_local`, `post_local`, `pre_average`, `post_average`, `post_pre`: rhythm relative
   to the patient's own rate, which is what transfers between patients.
 
-The intervals come from every beat annotation of the record (also beats whose window leaves
-the record and is dropped), in the record's native sampling rate, so resampling does not
+The intervals come from every beat annotation of the record that maps to a class of
+`data.aami` (also beats whose window leaves the record and is dropped; with a reduced class
+list, unmapped beats lengthen the intervals), in the record's native sampling rate, so resampling does not
 round them. Causal mode (`data.rr.causal=true`) refuses the features that need the next beat
 (`post` and its ratios). The one value that is never causal is the first beat's pre-RR: the
 record holds nothing before it, so it takes the first interval, once per record.

@@ -83,9 +83,11 @@ def wfdb_beats(cfg_data: Any) -> BeatSet:
     features = parse_features(d.get("features", ["beat"]))
     rr = parse_rr(d.get("rr")) if "rr" in features else None
     per_db = database_settings(d)
+    # The local mean's length shapes the cached intervals; the rest of data.rr only selects.
+    local = {"rr_local_beats": rr["local_beats"]} if rr and rr["local_beats"] != 10 else {}
     if "databases" not in d:
-        return with_features(mitdb.load_beats({k: v for k, v in d.items() if k not in SOURCE_KEYS}), rr)
-    sets = {key: mitdb.load_beats(settings) for key, settings in per_db.items()}
+        return with_features(mitdb.load_beats({**{k: v for k, v in d.items() if k not in SOURCE_KEYS}, **local}), rr)
+    sets = {key: mitdb.load_beats({**settings, **local}) for key, settings in per_db.items()}
     first_key, first = next(iter(sets.items()))
     records: dict[str, RecordBeats] = {}
     for key, bs in sets.items():
@@ -110,7 +112,7 @@ def with_features(beats: BeatSet, rr: Mapping[str, Any] | None) -> BeatSet:
         x = pack(rb.x, select(rb.rr, rr))
         out[rid] = RecordBeats(record=rb.record, x=x, y=rb.y, sample=rb.sample, fs=rb.fs, dropped_edge=rb.dropped_edge,
                                lead=rb.lead, native_fs=rb.native_fs, rr=rb.rr)
-    return BeatSet(classes=beats.classes, records=out)
+    return BeatSet(classes=beats.classes, records=out, rr_features=len(rr["features"]))
 
 
 def count_reference_labels(cfg_data: Any) -> dict[str, int]:

@@ -115,7 +115,7 @@ def window_overlap(fed: Federation) -> dict[str, dict[str, float]]:
     for a client that never trained in the federation, its own adaptation data as well.
     """
     fed_index = _train_index(c.train for c in fed.clients if c.federated)
-    window = next((c.train.x.shape[-1] for c in fed.clients if len(c.train)), 0)
+    window = fed.window or next((c.train.x.shape[-1] for c in fed.clients if len(c.train)), 0)
     out = {}
     for split in ("val", "test"):
         hit = same = total = 0

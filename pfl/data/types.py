@@ -34,6 +34,14 @@ class RecordBeats:
 class BeatSet:
     classes: list[str]
     records: dict[str, RecordBeats]
+    #: RR features appended after each window (pfl.data.rr.pack): x's last axis is window + this
+    rr_features: int = 0
+
+    @property
+    def window(self) -> int:
+        """Samples of one beat window (without the RR features)."""
+        rb = next(iter(self.records.values()), None)
+        return 0 if rb is None else int(rb.x.shape[-1]) - self.rr_features
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.records.values())
@@ -102,6 +110,8 @@ class Federation:
     name: str
     classes: list[str]
     clients: list[Client]
+    #: samples of one beat window (inputs may hold lead channels and RR features besides)
+    window: int | None = None
 
     @property
     def training_clients(self) -> list[Client]:
