@@ -402,6 +402,13 @@ def execute(cells: list[Cell], study: str, uri: str, jobs: int, log_dir: Path, s
     return failed
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No &anchors / *aliases: a file people read and edit."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def choose(grid: Grid, cells: list[Cell], uri: str, tuning: dict[str, Any]) -> dict[str, Any]:
     """Best trial per tuned strategy by the validation objective; written to the tuning file."""
     done = finished_runs(uri, study_of(grid, "tune"))
@@ -423,7 +430,7 @@ def choose(grid: Grid, cells: list[Cell], uri: str, tuning: dict[str, Any]) -> d
         from pfl.atomic import atomic_write
 
         text = ("# Written by pfl-study: the trial with the best validation objective per strategy. Delete an\n"
-                "# entry to tune that strategy again.\n" + yaml.safe_dump(tuning, sort_keys=True))
+                "# entry to tune that strategy again.\n" + yaml.dump(tuning, Dumper=_PlainDumper, sort_keys=True))
         atomic_write(grid.tuning_file, lambda f: f.write(text.encode()))
     return tuning
 
