@@ -376,6 +376,9 @@ def _summary_metrics(arms: Sequence[Arm], split: str) -> list[tuple[str, str | t
                 (f"unseen clients: {t}, worst client: personalized (%)", f"unseen.{s}.personal.{m}.worst", 100),
                 (f"unseen clients: {t}, pooled: personalized (%)", f"unseen.{s}.personal.{m}.pooled", 100),
             ]
+    # What the strategy costs on the wire (the last round's, per participating client).
+    out.append(("communication: MB sent per client per round", "bytes_sent_per_client", 1e-6))
+    out.append(("communication: MB received per client per round", "bytes_received_per_client", 1e-6))
     out.append(("run time (min)", "__seconds__", 1 / 60))
     return out
 
@@ -397,8 +400,8 @@ def summary_table(arms: Sequence[Arm], split: str) -> Table:
         if all(st.n == 0 for st in stats):
             continue
         signed = isinstance(key, tuple)
-        rows.append([label] + [st.fmt(signed=signed, scale=scale, digits=1 if key == "__seconds__" else 2)
-                               for st in stats])
+        digits = 1 if key == "__seconds__" else 4 if str(key).startswith("bytes_") else 2
+        rows.append([label] + [st.fmt(signed=signed, scale=scale, digits=digits) for st in stats])
         for a, st in zip(arms, stats, strict=True):
             csv_rows.append([label, key if isinstance(key, str) else f"{key[0]} - {key[1]}", a.label,
                              st.mean, st.std, st.n])

@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 
 from pfl import config as cfgmod
 from pfl import tables
-from pfl.errors import ConfigError
 from pfl.data.types import Client, Federation, Split
+from pfl.errors import ConfigError
 from pfl.fl.checkpoint import Checkpointer, load_checkpoint
 from pfl.fl.server import Result, Server
 from pfl.fl.trainer import ClientTrainer

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from omegaconf import OmegaConf
 
 from pfl.errors import ConfigError, PflError
 from pfl.fl.batches import derive_seed

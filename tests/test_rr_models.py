@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import wfdb
+from synth import data_config
 
 from pfl.data.rr import RAW, pack, parse_rr, raw_intervals, select
 from pfl.errors import ConfigError
 from pfl.models import CNNLSTM, ResNet1D, SmallCNN
-from synth import data_config
 
 FS = 360
 
@@ -177,10 +177,10 @@ def test_the_rr_branch_sees_the_rr_tail_and_the_convolutions_the_window():
     torch.manual_seed(0)
     for model in (CNNLSTM(rr_features=3, in_channels=2), SmallCNN(rr_features=3, in_channels=2),
                   ResNet1D(rr_features=3, in_channels=2)):
-        seen = {}
+        seen: dict[str, torch.Tensor] = {}
         first = model.features[0] if hasattr(model, "features") else model.stem[0]
-        first.register_forward_hook(lambda m, i, o: seen.__setitem__("conv", i[0]))
-        model.rr.register_forward_hook(lambda m, i, o: seen.__setitem__("rr", i[0]))
+        first.register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("conv", i[0]))
+        model.rr.register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("rr", i[0]))
         x = torch.randn(4, 2, 259)
         model.eval()(x)
         assert torch.equal(seen["conv"], x[..., :256]) and torch.equal(seen["rr"], x[:, 0, 256:])

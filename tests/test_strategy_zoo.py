@@ -282,3 +282,20 @@ def test_every_strategy_runs_and_reports_the_models_it_has(synthetic_db, tmp_pat
     # MLflow 3 keeps a logged model beside the run (runs:/<id>/model resolves to it).
     logged = client.search_logged_models([exp])
     assert [lm.source_run_id for lm in logged] == ([run.info.run_id] if strategy.has_global else [])
+
+
+@pytest.mark.parametrize("name", ["none", "fedper", "scaffold"])
+def test_communication_bytes_are_the_sizes_of_what_is_exchanged(synthetic_db, tmp_path, name):
+    """Per client and round, counted by hand from the small CNN's layers (float32 = 4 bytes)."""
+    from pfl.run import train
+
+    torch.set_default_dtype(torch.float32)
+    conv = [16 * 1 * 7 + 16, 32 * 16 * 5 + 32, 32 * 32 * 3 + 32]
+    head = 32 * 5 + 5
+    body, total = sum(conv), sum(conv) + head
+    sent = {"none": total, "fedper": body, "scaffold": 2 * total}[name]  # SCAFFOLD adds its control delta
+    received = {"none": total, "fedper": body, "scaffold": 2 * total}[name]  # and the server's control variate
+    result = train(make_cfg(synthetic_db, tmp_path, f"strategy={name}", "data.records=[s01,s02]",
+                            "federation.rounds=1"))
+    last = result.history[-1]
+    assert last["bytes_sent_per_client"] == 4 * sent and last["bytes_received_per_client"] == 4 * received
