@@ -444,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the cells and what is left; run nothing")
     parser.add_argument("--report-only", action="store_true", help="only write RESULTS.md from what has finished")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: outputs/mlflow.db)")
+    parser.add_argument("--only", action="append", default=None, metavar="FEDERATION",
+                        help="run only this federation's cells (repeatable); RESULTS.md still covers the grid")
+    parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                        help="run only these seeds, e.g. 1,2 (RESULTS.md still covers the grid)")
     args = parser.parse_args(argv)
     import signal
 
@@ -498,8 +502,11 @@ def _main(args) -> int:
         if untuned:
             print("not run until tuned (a trial failed; run again to retry): " + ", ".join(sorted(untuned)),
                   file=sys.stderr)
-        failed = execute([c for c in cells if c.strategy not in untuned], study_of(grid, "grid"), uri, jobs,
-                         grid.out / "logs")
+        if args.only and (bad := [f for f in args.only if f not in grid.federations]):
+            raise ConfigError("--only", bad[0], "a federation of the grid: " + ", ".join(grid.federations))
+        chosen = [c for c in cells if c.strategy not in untuned and (not args.only or c.federation in args.only)
+                  and (args.seeds is None or c.seed in args.seeds)]
+        failed = execute(chosen, study_of(grid, "grid"), uri, jobs, grid.out / "logs")
         from pfl.results import write_results
 
         path = write_results(grid, cells, uri, sitting_seconds=time.time() - t0)

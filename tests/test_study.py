@@ -123,6 +123,9 @@ def test_study_tunes_runs_skips_resumes_and_reports_the_mlflow_numbers(synthetic
     expect = 100 * (runs["finetune"].data.metrics["test.personal.f1.mean"] - runs["none"].data.metrics["test.personal.f1.mean"])
     assert delta == pytest.approx(expect, abs=0.051)
     assert (tmp_path / "results" / "heatmap.png").stat().st_size > 0
+    # Part of a grid: --only names a federation of the grid, nothing else.
+    assert study.main([str(grid_file), "--tracking-uri", uri, "--only", "hospitalz"]) == 2
+    assert "--only='hospitalz' is not allowed: expected a federation of the grid: patient" in capsys.readouterr().err
 
 
 def test_f1_derived_from_a_papers_se_and_ppv_is_the_harmonic_mean():
