@@ -35,8 +35,12 @@ run: $(STAMP) ## run the default study (three strategies) and print the comparis
 study: $(STAMP) ## run the results grid (resumable; ARGS="--dry-run" or overrides for every cell), write RESULTS.md
 	$(BIN)/pfl-study results $(ARGS)
 
-test: $(STAMP) ## run the test suite (integration tests need PFL_DATA_DIR)
-	$(BIN)/python -m pytest -q $(ARGS)
+# Test files spread over TEST_JOBS processes (pytest-xdist; a file stays in one process, so its
+# module fixtures are built once): most tests train with one torch thread, so 2 cores run 2 files.
+TEST_JOBS ?= 2
+
+test: $(STAMP) ## run the test suite (integration tests need PFL_DATA_DIR; TEST_JOBS=1 for one process)
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check pfl tests
