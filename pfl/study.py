@@ -353,7 +353,10 @@ def _stop_running() -> None:
 
     for proc in list(_RUNNING):
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # pfl marks its MLflow run KILLED; resume=true continues it
+            # SIGTERM, not SIGINT: a cell started from a background job ignores SIGINT (POSIX shells
+            # start background commands so); pfl ends its MLflow run KILLED on either, and
+            # resume=true continues from the last round's checkpoint.
+            proc.send_signal(signal.SIGTERM)
     for proc in list(_RUNNING):
         try:
             proc.wait(timeout=60)
