@@ -10,7 +10,7 @@ MLFLOW_DB := outputs/mlflow.db
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run study test test-fast lint bench ui clean
+.PHONY: help install run study test test-fast lint bench bench-gpu ui clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ lint: $(STAMP) ## ruff check
 
 bench: $(STAMP) ## run benchmarks, write BENCHMARKS.md
 	$(BIN)/python -m pfl.bench $(ARGS)
+
+bench-gpu: $(STAMP) ## time experiment=seed_phase3 on a CUDA GPU (skips without one)
+	$(BIN)/python -m pfl.bench --gpu $(ARGS)
 
 ui: $(STAMP) ## open the MLflow dashboard on the default store (ARGS="--port 5001" for another port)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)) --host 127.0.0.1 $(ARGS)

@@ -48,7 +48,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "@@PFL-BENCH@@"
-SECTIONS = ("data", "threads", "fixed", "overhead", "strategies", "scaling", "memory", "ray")
+SECTIONS = ("data", "threads", "fixed", "overhead", "fast", "strategies", "scaling", "memory", "ray")
 REFERENCE_MIN_PER_STRATEGY = (5.0, 7.0)  # the reference study's wall time per strategy, CPU
 STUDY_ROUNDS = 20
 
@@ -749,6 +749,176 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- the fast path
+
+#: each lever alone, then all together (trainer=fast); pfl runs with MLflow, like a study's
+FAST_LEVERS = {
+    "exact (default: Trainer per fit, all cores)": [],
+    "fabric engine": ["trainer.engine=fabric"],
+    "torch.compile (fabric, inductor)": ["trainer.engine=fabric", "trainer.compile=true"],
+    "bf16 autocast (fabric)": ["trainer.engine=fabric", "trainer.precision=bf16-mixed"],
+    "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1"],
+    "trainer=fast (all kept levers)": ["trainer=fast"],
+}
+FAST_TARGET = 1.5  # x faster per FedAvg round than the plain loop
+PATIENT_TARGET = 2.0  # x faster per-patient round than the exact path
+#: |fast - exact| of the final test metrics (mean over clients, fraction) that counts as agreement
+FAST_TOLERANCE = {"test.global.acc.mean": 0.005, "test.global.f1.mean": 0.01}
+
+
+def _rounds_s(out: dict[str, Any], skip_first: bool = True) -> float:
+    return per_round(out, skip_first=skip_first)
+
+
+def bench_fast(opts: Opts) -> dict[str, Any]:
+    """The fast path against the plain loop: each lever per FedAvg round, then trainer=fast."""
+    from pfl.fl.trainer import cpu_supports_bf16
+
+    out: dict[str, Any] = {"bf16_native": cpu_supports_bf16(), "levers": {}, "tolerance": FAST_TOLERANCE}
+    rounds = max(opts.rounds, 3)  # the first round (worker start, compilation) is left out
+    models = {"reference model": [], "small model (cnn)": ["model=cnn"]}
+    if opts.quick:
+        models, rounds = {"small model (cnn)": ["model=cnn"]}, 2
+    store = shared_store(opts, "fast")
+    for label, extra in models.items():
+        root = fresh_root(opts, "fast")
+        common = opts.ref + opts.base(root) + ["strategy=none", f"federation.rounds={rounds}",
+                                                "federation.local_epochs=1", *extra]
+        plain_cfgs = {"plain loop, all cores": common, "plain loop, 1 thread": common + ["trainer.threads=1"]}
+        levers = dict(FAST_LEVERS)
+        if opts.quick:
+            levers = {k: v for k, v in levers.items() if "compile" not in k}
+        # Warm-up: imports, first fits, the first compilation (its cost is reported apart).
+        t = time.perf_counter()
+        run_pfl(common + [store, "federation.rounds=1"])
+        plain_federated(compose_cfg(common + ["federation.rounds=1"]))
+        warm = time.perf_counter() - t
+        times: dict[str, list[float]] = defaultdict(list)
+        first: dict[str, list[float]] = defaultdict(list)
+        for i in range(opts.repeats):
+            for name, cfg_over in plain_cfgs.items():
+                q = plain_federated(compose_cfg(cfg_over))
+                times[name].append(median([r["wall_s"] for r in q.rounds[1:]] or [q.rounds[0]["wall_s"]]))
+            for name, lever in levers.items():
+                r = run_pfl(common + [store, *lever])
+                times[name].append(_rounds_s(r))
+                first[name].append(r["rounds"][0]["wall_s"])
+            log(f"fast [{label}] {i + 1}/{opts.repeats}: " + ", ".join(f"{k.split(' (')[0]} {v[-1]:.2f}s"
+                                                                        for k, v in times.items()))
+        base = median(times["plain loop, all cores"])
+        out["levers"][label] = {
+            "overrides": common, "rounds": rounds, "warmup_s": warm,
+            "round_s": {k: median(v) for k, v in times.items()}, "round_s_all": dict(times),
+            "first_round_s": {k: median(v) for k, v in first.items()},
+            "speedup_vs_plain": {k: base / median(v) for k, v in times.items()},
+        }
+    # Agreement with the exact path over 3 seeds (reference model, the settings above).
+    agree = []
+    seeds = (0,) if opts.quick else (0, 1, 2)
+    model_extra = ["model=cnn"] if opts.quick else []
+    for seed in seeds:
+        root = fresh_root(opts, "fast-tol")
+        common = opts.ref + opts.base(root) + ["strategy=none", f"federation.rounds={rounds}",
+                                                "federation.local_epochs=1", f"seed={seed}", *model_extra]
+        exact = run_pfl(common + [store])["metrics"]
+        fast = run_pfl(common + [store, "trainer=fast"])["metrics"]
+        row = {"seed": seed}
+        for k in FAST_TOLERANCE:
+            row[k] = {"exact": exact[k], "fast": fast[k], "diff": abs(exact[k] - fast[k])}
+        agree.append(row)
+        log(f"fast tolerance seed {seed}: " + ", ".join(f"{k} {v['diff']:.4f}" for k, v in row.items() if k != "seed"))
+    out["agreement"] = agree
+    out["agreement_holds"] = all(r[k]["diff"] <= tol for r in agree for k, tol in FAST_TOLERANCE.items())
+    # The per-patient federation (44 clients, reference model): exact vs fast.
+    root = fresh_root(opts, "fast-patient")
+    pat = opts.base(root) + ["partition=patient", "strategy=none", "federation.rounds=2",
+                             "federation.local_epochs=1", store]
+    pat += ["model=cnn", "federation.batch_size=16"] if opts.quick else ["model=cnn_lstm"]
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for i in range(1 if opts.quick else 2):
+        for name, extra in (("exact", []), ("trainer=fast", ["trainer=fast"])):
+            r = run_pfl(pat + extra)
+            runs[name].append({"round_s": median([x["wall_s"] for x in r["rounds"]]),
+                               "train_s": median([x["train_s"] for x in r["rounds"]]),
+                               "eval_s": median([x["eval_s"] for x in r["rounds"]]),
+                               "clients": r["rounds"][0]["clients"]})
+            log(f"fast per-patient {name} {i + 1}: {runs[name][-1]['round_s']:.2f}s per round")
+    out["patient"] = {k: {m: median([x[m] for x in v]) for m in ("round_s", "train_s", "eval_s", "clients")}
+                      for k, v in runs.items()}
+    out["patient"]["overrides"] = pat
+    out["patient_speedup"] = out["patient"]["exact"]["round_s"] / out["patient"]["trainer=fast"]["round_s"]
+    return out
+
+
+def bench_gpu(opts: Opts) -> int:
+    """experiment=seed_phase3 on the GPU (trainer=gpu, FedAvg): rounds per second, printed."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench --gpu: skipped: torch sees no CUDA GPU (torch.cuda.is_available() is False; torch "
+              f"{torch.__version__}). Run it on a machine with one; CI is CPU-only.")
+        return 0
+    data = opts.data_dir or _default_data_dir()
+    if data is None:
+        print("error: no MIT-BIH data: set PFL_DATA_DIR or pass --data-dir", file=sys.stderr)
+        return 2
+    opts.data_dir = data
+    import pfl  # noqa: F401  (config resolvers)
+
+    rounds = max(opts.rounds, 3)
+    over = ["experiment=seed_phase3", "trainer=gpu", "strategy=none", f"federation.rounds={rounds}",
+            *opts.base(fresh_root(opts, "gpu")), "logger=none"]
+    r = run_pfl(over)
+    per = per_round(r, skip_first=True)
+    print(f"seed_phase3 (FedAvg, {rounds} rounds x 5 local epochs) on {torch.cuda.get_device_name()}: "
+          f"{1 / per:.3f} rounds/s ({per:.2f} s per round after the first; first round "
+          f"{r['rounds'][0]['wall_s']:.2f} s; whole run {r['total_s']:.1f} s)")
+    return 0
+
+
+def _md_fast(o: dict[str, Any]) -> list[str]:
+    tol = ", ".join(f"{k} {100 * v:.1f} points" for k, v in o["tolerance"].items())
+    out = ["## 7. Fast path: pfl against the plain PyTorch loop, lever by lever", "",
+           "Per FedAvg round, median of rounds 2 and later (round 1 holds worker start-up and compilation), "
+           "medians of the repeats, runs interleaved. The plain loop (`plain_federated`) does the same optimizer "
+           "steps on the same batches as pfl; it is what PFLlib and FL-bench run. pfl runs log to MLflow. "
+           f"bf16 native on this CPU: **{'yes' if o['bf16_native'] else 'no'}**"
+           + ("" if o["bf16_native"] else " (no AVX-512 BF16 / AMX): `precision=bf16-mixed` falls back to fp32 "
+              "with a log line, so that row measures the fallback, not bf16") + ".", "",
+           "| target | measured | met |", "|---|---|---|"]
+    for label, r in o["levers"].items():
+        x = r["speedup_vs_plain"]["trainer=fast (all kept levers)"]
+        out.append(f"| trainer=fast >= {FAST_TARGET:.1f}x the plain loop per round, {label} | {x:.2f}x | "
+                   f"{'yes' if x >= FAST_TARGET else '**no**'} |")
+    ps = o["patient_speedup"]
+    out += [f"| per-patient round >= {PATIENT_TARGET:.1f}x faster than the exact path | {ps:.2f}x | "
+            f"{'yes' if ps >= PATIENT_TARGET else '**no**'} |",
+            f"| final test metrics within tolerance over {len(o['agreement'])} seeds | "
+            f"{'yes' if o['agreement_holds'] else 'no'} | {'yes' if o['agreement_holds'] else '**no**'} |", ""]
+    for label, r in o["levers"].items():
+        out += [f"**{label}** (`{' '.join(x for x in r['overrides'] if not x.startswith(('data.', 'paths.')))}`):",
+                "", "| variant | s / round | first round s | x vs plain loop (all cores) |", "|---|---:|---:|---:|"]
+        for k, v in r["round_s"].items():
+            fr = r["first_round_s"].get(k)
+            out.append(f"| {k} | {v:.2f} | {_f(fr) if fr is not None else '-'} | {r['speedup_vs_plain'][k]:.2f}x |")
+        out.append("")
+    out += [f"**Agreement with the exact path** (same seeds; tolerance: {tol}):", "",
+            "| seed | " + " | ".join(f"{k} exact / fast / abs diff" for k in o["tolerance"]) + " |",
+            "|---|" + "---|" * len(o["tolerance"])]
+    for r in o["agreement"]:
+        out.append(f"| {r['seed']} | " + " | ".join(f"{r[k]['exact']:.4f} / {r[k]['fast']:.4f} / {r[k]['diff']:.4f}"
+                                                 for k in o["tolerance"]) + " |")
+    out += ["", f"Within the tolerance on every seed: **{'yes' if o['agreement_holds'] else 'no'}**.", ""]
+    p = o["patient"]
+    out += ["**Per-patient federation** (`partition=patient`, "
+            f"{int(p['exact']['clients'])} clients, 1 local epoch, FedAvg):", "",
+            "| path | s / round | train s | evaluation s |", "|---|---:|---:|---:|"]
+    for k in ("exact", "trainer=fast"):
+        out.append(f"| {k} | {p[k]['round_s']:.2f} | {p[k]['train_s']:.2f} | {p[k]['eval_s']:.2f} |")
+    out += ["", f"trainer=fast is {o['patient_speedup']:.2f}x faster per per-patient round than the exact path.", ""]
+    return out
+
+
 STRATEGIES = {"none": ["strategy=none"], "finetune": ["strategy=finetune"],
               "perfedavg-fo": ["strategy=perfedavg", "strategy.variant=fo"],
               "perfedavg-hf": ["strategy=perfedavg", "strategy.variant=hf"]}
@@ -903,7 +1073,7 @@ def bench_ray(opts: Opts) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Opts], dict[str, Any]]] = {
     "data": bench_data, "threads": bench_threads, "fixed": bench_fixed, "overhead": bench_overhead,
-    "strategies": bench_strategies, "scaling": bench_scaling, "memory": bench_memory, "ray": bench_ray,
+    "fast": bench_fast, "strategies": bench_strategies, "scaling": bench_scaling, "memory": bench_memory, "ray": bench_ray,
 }
 
 
@@ -967,6 +1137,8 @@ def render(res: dict[str, Any]) -> str:
     lines += _md_summary(s)
     if "overhead" in s:
         lines += _md_overhead(s["overhead"]["result"])
+    if "fast" in s:
+        lines += _md_fast(s["fast"]["result"])
     if "strategies" in s:
         lines += _md_strategies(s["strategies"]["result"])
     if "scaling" in s:
@@ -991,12 +1163,51 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the heading each section's block starts with, for splice_report
+SECTION_TITLES = {"fast": "## 7. Fast path"}
+
+
+def _blocks(md: str) -> list[str]:
+    """The report split before each `## ` heading."""
+    out: list[str] = []
+    for line in md.splitlines(keepends=True):
+        if line.startswith("## ") or not out:
+            out.append("")
+        out[-1] += line
+    return out
+
+
+def splice_report(old: str, new: str, titles: Sequence[str]) -> str:
+    """`old` with the blocks whose headings start with `titles` taken from `new` (replaced in
+    place, or inserted before `## Sections run`)."""
+    fresh = {t: b for b in _blocks(new) for t in titles if b.startswith(t)}
+    blocks = _blocks(old)
+    for t, b in fresh.items():
+        at = next((i for i, x in enumerate(blocks) if x.startswith(t)), None)
+        if at is not None:
+            blocks[at] = b
+        else:
+            end = next((i for i, x in enumerate(blocks) if x.startswith("## Sections run")), len(blocks))
+            blocks.insert(end, b)
+    return "".join(blocks)
+
+
 def _md_summary(s: dict[str, Any]) -> list[str]:
     rows = []
     if "overhead" in s:
         for label, r in s["overhead"]["result"].items():
             rows.append((f"framework overhead, {label}", "<= 1.10x", f"{r['ratio_total']:.3f}x whole run, "
                          f"{r['ratio_rounds']:.3f}x rounds only", r["ratio_total"] <= 1.10))
+    if "fast" in s:
+        o = s["fast"]["result"]
+        for label, r in o["levers"].items():
+            x = r["speedup_vs_plain"]["trainer=fast (all kept levers)"]
+            rows.append((f"trainer=fast per FedAvg round, {label}", f">= {FAST_TARGET:.1f}x the plain loop",
+                         f"{x:.2f}x", x >= FAST_TARGET))
+        rows.append(("trainer=fast per-patient round (44 clients)", f">= {PATIENT_TARGET:.1f}x the exact path",
+                     f"{o['patient_speedup']:.2f}x", o["patient_speedup"] >= PATIENT_TARGET))
+        rows.append(("trainer=fast final test metrics vs exact, 3 seeds", "within the stated tolerance",
+                     "yes" if o["agreement_holds"] else "no", o["agreement_holds"]))
     if "strategies" in s:
         o = s["strategies"]["result"]
         worst = max(r["ledger_share"] for r in o["runs"].values())
@@ -1237,6 +1448,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
                    help="time another strategy in the strategies section: a conf/strategy name, or a name and "
                         "its overrides, e.g. 'prox_heads:strategy._target_=my_strategies.ProxHeads "
                         "strategy.name=prox_heads' (repeatable)")
+    p.add_argument("--gpu", action="store_true", help="time experiment=seed_phase3 with trainer=gpu and print "
+                   "rounds per second (skips, with the reason, where torch sees no CUDA GPU)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     sel = [s for s in (a.only.split(",") if a.only else SECTIONS) if s]
@@ -1278,6 +1491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = _worker(json.loads(a.worker))
         print(MARK + json.dumps(out, default=float), flush=True)
         return 0
+    if a.gpu:
+        return bench_gpu(opts)
     if a.list:
         for name in SECTIONS:
             doc = (RUNNERS[name].__doc__ or "").strip().splitlines()[0]
@@ -1324,7 +1539,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.results.parent.mkdir(parents=True, exist_ok=True)
     opts.results.write_text(json.dumps(res, indent=1, default=float))
     opts.report.parent.mkdir(parents=True, exist_ok=True)
-    opts.report.write_text(render(res))
+    text = render(res)
+    if not previous and opts.report.is_file() and set(res["sections"]) < set(SECTIONS):
+        # No JSON of the earlier sections (a fresh clone): keep the report's other sections and
+        # replace only the blocks of the sections this invocation ran.
+        text = splice_report(opts.report.read_text(), text, [SECTION_TITLES[n] for n in res["ran"]
+                                                              if n in SECTION_TITLES])
+    opts.report.write_text(text)
     log(f"done in {res['wall_s'] / 60:.1f} min: {opts.report} and {opts.results}")
     return 0
 

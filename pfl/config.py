@@ -13,14 +13,19 @@ from pfl.errors import ConfigError
 #: keys that do not change results: left out of the config hash that names checkpoints
 VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.root", "data.cache_dir",
             "data.download", "federation.backend", "federation.ray_address", "federation.eval_batch_size", "trainer.threads",
-            "trainer.progress", "strategy.search")
+            "trainer.progress", "strategy.search", "trainer.engine", "trainer.workers")
+
+#: keys that change results only when set away from these values: left out of the hash at them,
+#: so adding such a key kept every earlier run's identity
+NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor"}
 
 
 #: the keys of these groups; a key added with `+group.key=...` would otherwise be ignored silently
 KNOWN_KEYS = {
     "federation": {"rounds", "local_epochs", "local_steps", "clients_per_round", "eval_every", "batch_size", "eval_batch_size",
                    "optimizer", "dropout", "on_divergence", "backend", "ray_address", "sampling"},
-    "trainer": {"accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "threads", "progress"},
+    "trainer": {"engine", "accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "compile",
+                "compile_backend", "threads", "workers", "progress"},
 }
 
 
@@ -54,8 +59,30 @@ def validate(cfg: DictConfig) -> None:
 
     v.choice("federation.sampling", f.get("sampling", "uniform"), SAMPLINGS)
     v.positive("federation.optimizer.lr", f.optimizer.get("lr"))
-    if cfg.trainer.get("threads") is not None:
-        v.integer("trainer.threads", cfg.trainer.threads, minimum=1)
+    t = cfg.trainer
+    if t.get("threads") is not None:
+        v.integer("trainer.threads", t.threads, minimum=1)
+    from pfl.fl.trainer import ENGINES
+
+    v.choice("trainer.engine", t.get("engine", "trainer"), ENGINES)
+    v.integer("trainer.workers", t.get("workers", 1), minimum=1)
+    v.choice("trainer.precision", str(t.precision), ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed",
+                                                      "64-true"))
+    if t.get("compile") and t.get("engine", "trainer") != "fabric":
+        raise ConfigError("trainer.compile", t.compile, "false with trainer.engine=trainer (compiling is "
+                          "done by the fabric engine)", hint="add trainer.engine=fabric, or use trainer=fast")
+    if str(t.accelerator) in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.accelerator", t.accelerator, "cpu on this machine: torch sees no CUDA GPU",
+                              hint="drop trainer=gpu, or check the driver and a CUDA build of torch")
+    if t.get("workers", 1) > 1 and str(t.accelerator) in ("gpu", "cuda", "auto"):
+        raise ConfigError("trainer.workers", t.workers, f"1 with trainer.accelerator={t.accelerator} (CUDA does "
+                          "not survive the fork that starts the workers)", hint="use federation.backend=ray")
+    if t.get("workers", 1) > 1 and f.backend == "ray":
+        raise ConfigError("trainer.workers", t.workers, "1 with federation.backend=ray (Ray starts its own "
+                          "workers, one per trainer.threads cores)")
 
 
 def prepare(cfg: DictConfig) -> DictConfig:
@@ -76,6 +103,11 @@ def config_hash(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE:
         _drop(container, key)
+    for key, neutral in NEUTRAL.items():
+        parent, _, last = key.rpartition(".")
+        node = container.get(parent) if parent else container
+        if isinstance(node, dict) and node.get(last, neutral) == neutral:
+            node.pop(last, None)
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -61,7 +61,7 @@ def confusion(preds: torch.Tensor, target: torch.Tensor, n_classes: int) -> np.n
     """Rows: true class, columns: predicted class."""
     if len(target) == 0:
         return np.zeros((n_classes, n_classes), dtype=np.int64)
-    return multiclass_confusion_matrix(preds, target, num_classes=n_classes).numpy().astype(np.int64)
+    return multiclass_confusion_matrix(preds.cpu(), target.cpu(), num_classes=n_classes).numpy().astype(np.int64)
 
 
 # --------------------------------------------------------------------------- definitions

@@ -17,7 +17,7 @@ from pfl.data.types import Client, Federation, Split
 from pfl.errors import ConfigError
 from pfl.fl.checkpoint import Checkpointer, load_checkpoint
 from pfl.fl.server import Result, Server
-from pfl.fl.trainer import ClientTrainer
+from pfl.fl.trainer import build_trainer
 from pfl.strategies import Context, build_strategy
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,21 @@ def train(cfg: DictConfig, console=None) -> Result:
     """Validate, load, train, evaluate, track. Raises PflError for anything the user can fix."""
     cfgmod.prepare(cfg)
     strategy = build_strategy(cfg.strategy, cfg.get("adapt"))  # bad hyperparameters fail before data loads
-    # null: the cores this process may run on (a Slurm job's or container's CPU set, not the node's).
-    torch.set_num_threads(cfg.trainer.get("threads") or len(os.sched_getaffinity(0)))
+    workers = int(cfg.trainer.get("workers", 1))
+    # null: the cores this process may run on (a Slurm job's or container's CPU set, not the
+    # node's); with worker processes, one thread each.
+    torch.set_num_threads(cfg.trainer.get("threads") or (1 if workers > 1 else len(os.sched_getaffinity(0))))
+    trainer = build_trainer(**cfg.trainer)
     fed = load_federation(cfg)
     check_input(cfg, fed)
+    device = trainer.device
     train_clients = fed.training_clients if cfg.mode == "federated" else [pooled_client(fed.training_clients)]
 
     fcfg = cfg.federation
     optimizer = hydra.utils.instantiate(fcfg.optimizer)
 
     def model_factory():
-        return hydra.utils.instantiate(cfg.model)
+        return hydra.utils.instantiate(cfg.model).to(device)
 
     from pfl.losses import build_loss
 
@@ -125,7 +129,7 @@ def train(cfg: DictConfig, console=None) -> Result:
     criterion = build_loss(cfg.get("loss"), fed.classes, counts.tolist(), per_client)
     # Centralized: one optimizer over rounds x local_epochs epochs of the pooled data, its
     # state carried from round to round (rounds only mark evaluations).
-    ctx = Context(trainer=ClientTrainer(**cfg.trainer), optimizer=optimizer, lr=float(fcfg.optimizer.lr),
+    ctx = Context(trainer=trainer, optimizer=optimizer, lr=float(fcfg.optimizer.lr),
                   criterion=criterion,
                   batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
                   eval_batch_size=fcfg.eval_batch_size, local_steps=fcfg.get("local_steps"),
@@ -151,20 +155,20 @@ def train(cfg: DictConfig, console=None) -> Result:
     if fcfg.backend == "ray":
         from pfl.fl.ray_backend import RayBackend
 
-        backend = RayBackend(address=fcfg.get("ray_address"), threads=cfg.trainer.get("threads"))
+        backend = RayBackend(address=fcfg.get("ray_address"), threads=cfg.trainer.get("threads"),
+                             gpus=1.0 if device.type == "cuda" else 0.0)
+    elif workers > 1:
+        from pfl.fl.workers import ProcessBackend
+
+        backend = ProcessBackend(workers, threads=cfg.trainer.get("threads") or 1)
     server = Server(strategy, model_factory, train_clients, fed.clients, fed.classes, rounds=fcfg.rounds,
                     seed=cfg.seed, clients_per_round=fcfg.clients_per_round, eval_every=fcfg.eval_every,
                     dropout=fcfg.dropout, on_divergence=fcfg.on_divergence, eval_batch_size=fcfg.eval_batch_size,
                     backend=backend)
     # The tracker comes after every check the server makes, so a rejected config opens no MLflow
     # store and leaves no run behind.
-    tracker = None
-    if cfg.logger.get("enabled", False):
-        from pfl.data.stats import federation_stats
-        from pfl.tracking import MlflowTracker
-
-        tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash, strategy))
-        tracker.fed_stats = _jsonable(federation_stats(fed))
+    from pfl.artifacts import ArtifactWriter, run_directory
+    from pfl.data.stats import federation_stats
     from pfl.ledger import Ledger
 
     # The ledger sits beside the checkpoints so a resumed run extends the same chain.
@@ -172,10 +176,17 @@ def train(cfg: DictConfig, console=None) -> Result:
                     resume_weights=state.global_weights if state else None,
                     source=path.parent / "ledger.jsonl" if state else None)
     ckpt.ledger, ckpt.resuming = ledger, state is not None
-    if tracker is not None:
+    artifacts = ArtifactWriter(cfg, run_directory(cfg, chash), _jsonable(federation_stats(fed)), [ledger.path])
+    tracker = None
+    if cfg.logger.get("enabled", False):
+        from pfl.tracking import MlflowTracker
+
+        tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash, strategy),
+                                artifacts=artifacts)
         ckpt.meta["mlflow_run_id"] = tracker.start(ckpt.meta.get("mlflow_run_id"))
-        tracker.extra_artifacts.append(ledger.path)
         callbacks.append(tracker)
+    else:  # the tracker writes them itself before uploading
+        callbacks.append(artifacts)
     # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks.
     callbacks += [ledger, ckpt]
     try:  # from here on an error must end the MLflow run as FAILED, not leave it RUNNING

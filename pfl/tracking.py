@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -24,13 +23,11 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pfl import tables
 from pfl.config import flatten
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
@@ -201,10 +198,15 @@ def experiment_id(client, cfg: DictConfig, uri: str) -> str:
 
 
 class MlflowTracker(Callback):
-    def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str]):
+    def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str], artifacts=None):
         import mlflow
 
+        from pfl.artifacts import ArtifactWriter
+
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags)
+        #: writes the run's tables, figures and final metrics; the tracker uploads its directory
+        self.artifacts = artifacts if artifacts is not None else ArtifactWriter(
+            cfg, Path(tempfile.mkdtemp(prefix="pfl-artifacts-")))
         self.uri = str(cfg.logger.tracking_uri)
         self.client = open_client(self.uri)
         # Some artifact repositories (the server's proxied mlflow-artifacts:) resolve the tracking
@@ -213,8 +215,6 @@ class MlflowTracker(Callback):
         self.run_id: str | None = None
         self.resumed = False
         self._prev_sigterm = None
-        self.fed_stats: dict[str, Any] | None = None
-        self.extra_artifacts: list[Path] = []  # logged at the end, e.g. the provenance ledger
 
     def _experiment_id(self) -> str:
         return experiment_id(self.client, self.cfg, self.uri)
@@ -313,30 +313,14 @@ class MlflowTracker(Callback):
         return [rounds[r] for r in sorted(rounds)] or result.history
 
     def on_run_end(self, result) -> None:
-        from pfl import plots
-
-        ev = result.evaluation
-        rows = ev.table("test")
+        # The same files a logger=none run leaves in its run directory, uploaded from there.
+        self.artifacts.history = self._history
+        directory = self.artifacts.write(result)
         # Bootstrap intervals of the final per-client macro-F1, for pfl-report's client tables.
         last = int(self.cfg.federation.rounds)
         self.log_metrics({f"client.{r['client']}.test.personal.f1.ci_{b}": r[f"f1_personal_{b}"]
-                          for r in rows for b in ("lo", "hi")}, step=int(last))
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            (d / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
-            (d / "final_clients.csv").write_text(tables.to_csv(rows))
-            (d / "final_clients.md").write_text(tables.to_markdown(rows))
-            (d / "final_metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
-            if self.fed_stats is not None:
-                (d / "partition_stats.json").write_text(json.dumps(self.fed_stats, indent=1, default=float))
-            if self.cfg.logger.get("log_model", True):
-                torch.save(result.global_weights, d / "global_model.pt")
-            plots.confusion_matrices(ev, d / "confusion")
-            plots.learning_curves(self._history(result), d / "learning_curves.png")
-            for extra in self.extra_artifacts:
-                if Path(extra).exists():
-                    shutil.copy(extra, d / Path(extra).name)
-            _retry(self.client.log_artifacts, self.run_id, str(d))
+                          for r in self.artifacts.rows for b in ("lo", "hi")}, step=int(last))
+        _retry(self.client.log_artifacts, self.run_id, str(directory))
         if self.cfg.logger.get("log_model", True) and self.tags.get("strategy_has_global", "true") == "true":
             self._log_model(result.global_weights)
         _retry(self.client.set_terminated, self.run_id, "FINISHED")

@@ -48,7 +48,7 @@ class BatchLoader:
 
     def _balanced_weights(self) -> torch.Tensor:
         """Per beat 1 / (beats of its class): every class present is drawn equally often."""
-        y = self.split.y
+        y = self.split.y.cpu()  # weights for torch.multinomial with this CPU generator
         counts = torch.bincount(y).double()
         return 1.0 / counts[y]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,14 +120,45 @@ def add_client(ev: Evaluation, client: Client, cms: dict[tuple[str, str], np.nda
             ev.scores.setdefault((split, "personal"), {})[client.cid] = ev.scores[(split, "global")][client.cid]
 
 
+def global_confusions(model: nn.Module, clients: Sequence[Client], n_classes: int,
+                      batch_size: int = 256) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+    """The global model's confusion matrices of every client, from one batched pass over all
+    their val and test beats: the cost grows with beats, not with clients. Predictions do not
+    depend on how rows are batched (pfl.metrics.predict), so they equal per-client passes."""
+    parts = [(c, split) for c in clients for split in SPLITS if len(c.split(split))]
+    out: dict[str, dict[tuple[str, str], np.ndarray]] = {
+        c.cid: {(split, "global"): np.zeros((n_classes, n_classes), np.int64) for split in SPLITS} for c in clients}
+    if not parts:
+        return out
+    preds = predict(model, torch.cat([c.split(split).x for c, split in parts]), batch_size)
+    for (c, split), p in zip(parts, preds.split([len(c.split(split)) for c, split in parts]), strict=True):
+        out[c.cid][(split, "global")] = confusion(p, c.split(split).y, n_classes)
+    return out
+
+
 def evaluate(global_model: nn.Module, scratch: nn.Module, clients: Sequence[Client], classes: list[str],
              personalize: Callable[[nn.Module, Client], nn.Module] | None, batch_size: int = 256,
-             on_client: Callable[[str], None] | None = None, with_global: bool = True) -> Evaluation:
+             on_client: Callable[[str], None] | None = None, with_global: bool = True,
+             personal: Callable[[Sequence[Client]], Iterable[dict]] | None = None,
+             shared: Callable[[Sequence[Client]], dict[str, dict]] | None = None) -> Evaluation:
+    """Every client's scores: the global model in one batched pass, personalized models client
+    by client. `shared` and `personal`, if given, compute those elsewhere (worker processes)."""
     ev = Evaluation(classes, list(clients))
+    n = len(classes)
     global_weights = global_model.state_dict()
-    for c in clients:
-        add_client(ev, c, client_confusions(global_model, scratch, global_weights, c, len(classes), personalize,
-                                            batch_size, with_global))
+    if with_global or personalize is None:
+        shared = shared(clients) if shared is not None else global_confusions(global_model, clients, n, batch_size)
+    else:
+        shared = {}
+    if personalize is None:
+        per = ({} for _ in clients)
+    elif personal is not None:
+        per = iter(personal(clients))
+    else:
+        per = (client_confusions(global_model, scratch, global_weights, c, n, personalize, batch_size, False)
+               for c in clients)
+    for c, own in zip(clients, per, strict=True):
+        add_client(ev, c, {**shared.get(c.cid, {}), **own})
         if on_client:
             on_client(c.cid)
     return ev

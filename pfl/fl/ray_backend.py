@@ -32,6 +32,7 @@ from torch import nn
 from pfl.data.types import Client
 from pfl.errors import PflError
 from pfl.fl.server import Backend
+from pfl.fl.workers import WorkerCore
 from pfl.strategies.base import Update
 
 log = logging.getLogger(__name__)
@@ -47,18 +48,15 @@ def _import_ray():
     return ray
 
 
-class _Worker:
-    """One Ray actor: a strategy replica, a working model and the clients seen so far."""
+class _Worker(WorkerCore):
+    """One Ray actor: a WorkerCore that fetches the clients it is sent once and keeps them."""
 
     def __init__(self, payload: tuple, threads: int):
         from pfl.fl.trainer import quiet_lightning
 
         torch.set_num_threads(threads)
         quiet_lightning()  # unpickling skips ClientTrainer.__init__, where the driver did this
-        self.strategy, self.model_factory = payload
-        self.model: nn.Module = self.model_factory()
-        self.global_model: nn.Module | None = None
-        self.clients: dict[str, Client] = {}
+        super().__init__(*payload)
 
     def _client(self, cid: str, client_ref: list) -> Client:
         import ray
@@ -68,28 +66,11 @@ class _Worker:
             client = self.clients[cid] = ray.get(client_ref[0])
         return client
 
-    def update(self, cid: str, client_ref: list, global_weights: dict[str, torch.Tensor],
-               state: dict[str, Any], rnd: int, server_state: dict[str, Any]) -> Update:
-        self.strategy.load_state_dict(server_state)
-        self.model.load_state_dict(global_weights)
-        return self.strategy.local_update(self.model, self._client(cid, client_ref), state, rnd)
+    def update(self, cid: str, client_ref: list, *args) -> Update:
+        return super().update(self._client(cid, client_ref), *args)
 
-    def evaluate(self, cid: str, client_ref: list, global_weights: dict[str, torch.Tensor],
-                 state: dict[str, Any] | None, rnd: int, n_classes: int, batch_size: int,
-                 server_state: dict[str, Any]) -> dict:
-        from pfl.fl.evaluate import client_confusions
-
-        self.strategy.load_state_dict(server_state)
-        client = self._client(cid, client_ref)
-        if self.global_model is None:
-            self.global_model = self.model_factory()
-        self.global_model.load_state_dict(global_weights)
-        personalize = None
-        if state is not None:
-            def personalize(model: nn.Module, c: Client) -> nn.Module:
-                return self.strategy.personal_model(model, c, state, rnd)
-        return client_confusions(self.global_model, self.model, global_weights, client, n_classes, personalize,
-                                 batch_size, self.strategy.has_global)
+    def evaluate(self, cid: str, client_ref: list, *args) -> dict:
+        return super().evaluate(self._client(cid, client_ref), *args)
 
     def pid(self) -> int:
         return os.getpid()
@@ -115,13 +96,16 @@ class RayBackend(Backend):
     training client).
     """
 
-    def __init__(self, address: str | None = None, threads: int | None = None, workers: int | None = None):
+    def __init__(self, address: str | None = None, threads: int | None = None, workers: int | None = None,
+                 gpus: float = 0.0):
         self.ray = _import_ray()
         self.address = address or None
         self.threads = int(threads or 1)
         if self.threads < 1:
             raise PflError(f"trainer.threads={threads!r} is not allowed: expected an integer >= 1")
         self.workers = workers
+        #: GPUs each actor requests (trainer.accelerator=gpu: one each, so actors = GPUs)
+        self.gpus = float(gpus)
         self.actors: list = []
         self._client_refs: dict[str, Any] = {}
         self._finalizer = None
@@ -159,10 +143,12 @@ class RayBackend(Backend):
         self._init_ray(data)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = self.workers or max(1, cpus // self.threads)
+        if self.gpus:
+            n = min(n, max(1, int(ray.cluster_resources().get("GPU", 0) // self.gpus)))
         n = max(1, min(n, len(clients)))
         if self.threads * n > cpus:
             log.warning("ray: %d workers x %d threads exceed the cluster's %d CPUs; some wait", n, self.threads, cpus)
-        actor = ray.remote(num_cpus=self.threads)(_Worker)
+        actor = ray.remote(num_cpus=self.threads, num_gpus=self.gpus)(_Worker)
         payload = ray.put((server.strategy, server.model_factory))
         self.actors = [actor.remote(payload, self.threads) for _ in range(n)]
         self._finalizer = weakref.finalize(self, _kill, list(self.actors))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -203,9 +204,16 @@ class Server:
         parallel = getattr(self.backend, "evaluate", None)  # a backend may evaluate clients in parallel
         if parallel is not None:
             return parallel(self, global_model, state, rnd)
+        # A backend with workers may compute the global model's and the personalized models'
+        # confusion matrices there.
+        personal = getattr(self.backend, "personal_confusions", None)
+        shared = getattr(self.backend, "global_confusions", None)
+        weights = global_model.state_dict()
         return evaluate(global_model, scratch, self.eval_clients, self.classes, self.personalizer(state, rnd),
                         self.eval_batch_size, on_client=lambda cid: self._emit("on_client_end", rnd, cid),
-                        with_global=self.strategy.has_global)
+                        with_global=self.strategy.has_global,
+                        personal=personal and functools.partial(personal, self, weights, state, rnd),
+                        shared=shared and functools.partial(shared, self, weights))
 
     def personalizer(self, state: ServerState, rnd: int) -> Callable[[nn.Module, Client], nn.Module] | None:
         """The client's personalized model, or None where it is the global model."""

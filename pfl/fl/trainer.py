@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -56,8 +58,11 @@ def _external_callbacks(group: str) -> list:
 def cache_callback_discovery() -> None:
     from pytorch_lightning.trainer.connectors import callback_connector
 
-    # Only where Lightning still has the hook we replace; otherwise its own loader stays.
-    if callable(getattr(callback_connector, "_load_external_callbacks", None)):
+    # Only where Lightning still has the hook we replace; otherwise its own loader stays. The
+    # original is kept so tests/test_fast_path.py can check both still agree.
+    current = getattr(callback_connector, "_load_external_callbacks", None)
+    if callable(current) and current is not _external_callbacks:
+        callback_connector._pfl_original_load_external_callbacks = current
         callback_connector._load_external_callbacks = _external_callbacks
 
 
@@ -95,7 +100,8 @@ class LocalModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss_fn(self.model, x, y)
-        self.loss_sum = self.loss_sum + loss.detach().cpu() * len(y)
+        # Summed where the loss lives: a .cpu() per step would be a host-device sync on a GPU.
+        self.loss_sum = self.loss_sum.to(loss.device) + loss.detach() * len(y)
         self.seen += len(y)
         self.steps += 1
         return loss
@@ -115,11 +121,21 @@ class LocalModule(pl.LightningModule):
         return float(self.loss_sum / max(self.seen, 1))
 
 
+def manual_optimizer(module: pl.LightningModule) -> torch.optim.Optimizer:
+    """The optimizer a manual-optimization module steps: Lightning's wrapper under a Trainer, its
+    own (from configure_optimizers, kept as `module.optimizer`) under FabricTrainer."""
+    try:
+        module.trainer  # noqa: B018 - raises where no Trainer is attached
+    except RuntimeError:
+        return module.optimizer
+    return module.optimizers()
+
+
 class ClientTrainer:
-    """Builds a Lightning Trainer per local fit from the `trainer` config.
+    """Builds a Lightning Trainer per local fit from the `trainer` config (`trainer.engine=trainer`).
 
     A Trainer holds loop state tied to one fit, so it is built per fit; what that costs is
-    measured in `make bench` (per-client fixed costs).
+    measured in `make bench` (per-client fixed costs). `FabricTrainer` is the lighter engine.
     """
 
     def __init__(self, accelerator: str = "cpu", devices: int | str = 1, precision: str = "32-true",
@@ -127,9 +143,13 @@ class ClientTrainer:
         quiet_lightning()
         cache_callback_discovery()
         self.kwargs = dict(
-            accelerator=accelerator, devices=devices, precision=precision, deterministic=deterministic,
-            gradient_clip_val=gradient_clip_val,
+            accelerator=accelerator, devices=devices, precision=resolve_precision(precision, accelerator),
+            deterministic=deterministic, gradient_clip_val=gradient_clip_val,
         )
+
+    @property
+    def device(self) -> torch.device:
+        return device_of(self.kwargs["accelerator"])
 
     def fit(self, module: pl.LightningModule, loader, *, epochs: int | None = None, steps: int = -1) -> None:
         if (epochs is not None and epochs <= 0) or steps == 0 or len(loader) == 0:
@@ -146,3 +166,155 @@ class ClientTrainer:
             **self.kwargs,
         )
         trainer.fit(module, train_dataloaders=loader)
+
+
+#: client-training engines (`trainer.engine`)
+ENGINES = ("trainer", "fabric")
+
+
+def device_of(accelerator: str) -> torch.device:
+    """The torch device of a Lightning accelerator name (cpu | gpu | cuda | mps | auto)."""
+    if accelerator in ("gpu", "cuda"):
+        return torch.device("cuda")
+    if accelerator == "mps":
+        return torch.device("mps")
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX-512 BF16 or AMX). Without it oneDNN emulates
+    bf16 and autocast is slower than fp32, so pfl falls back."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        if check is not None and not check():
+            return False
+    except RuntimeError:
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def resolve_precision(precision: str, accelerator: str = "cpu") -> str:
+    """`precision`, or 32-true where it asks for bf16 on a CPU that cannot run it natively."""
+    precision = str(precision)
+    if precision.startswith("bf16") and device_of(accelerator).type == "cpu" and not cpu_supports_bf16():
+        log.warning("trainer.precision=%s: this CPU has no native bfloat16 (AVX-512 BF16 / AMX); "
+                    "training in fp32 (32-true) instead", precision)
+        return "32-true"
+    return precision
+
+
+class FabricTrainer:
+    """Local fits through Lightning Fabric: one Fabric per process, no Trainer per fit.
+
+    Runs a LightningModule's `configure_optimizers` and `training_step` in a plain loop: with
+    automatic optimization zero_grad, backward (Fabric's, so precision plugins apply), gradient
+    clipping by norm and step, in the order Lightning's Trainer uses, so a 32-true fit gives
+    the Trainer's weights bit for bit; a module with `automatic_optimization = False` steps its
+    own optimizer. Epochs and `steps` end the fit as `max_epochs` / `max_steps` do.
+
+    `compile=true` compiles each model it trains once (nn.Module.compile, in place: state-dict
+    keys do not change), so the working model of a process is compiled once and reused across
+    clients and rounds.
+    """
+
+    def __init__(self, accelerator: str = "cpu", devices: int | str = 1, precision: str = "32-true",
+                 deterministic: bool = True, gradient_clip_val: float | None = None, compile: bool = False,
+                 compile_backend: str = "inductor", **_: object):
+        quiet_lightning()
+        self.accelerator, self.devices = accelerator, devices
+        self.precision = resolve_precision(precision, accelerator)
+        self.deterministic, self.gradient_clip_val = bool(deterministic), gradient_clip_val
+        self.compile, self.compile_backend = bool(compile), compile_backend
+        self._fabric = None
+        self._compiled: dict[type, Callable] = {}
+
+    def __getstate__(self):  # a Fabric is rebuilt where the trainer lands (Ray actor, worker)
+        state = dict(self.__dict__)
+        state["_fabric"], state["_compiled"] = None, {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        quiet_lightning()
+
+    @property
+    def device(self) -> torch.device:
+        return device_of(self.accelerator)
+
+    @property
+    def fabric(self):
+        if self._fabric is None:
+            from lightning_fabric import Fabric
+
+            self._fabric = Fabric(accelerator=self.accelerator, devices=self.devices, precision=self.precision)
+        return self._fabric
+
+    def _compiled_forward(self, model: nn.Module):
+        """The model's forward compiled once per process and model class: dynamo guards on the
+        instance, so the working model reused across clients and rounds compiles once."""
+        fn = self._compiled.get(type(model))
+        if fn is None:
+            fn = self._compiled[type(model)] = torch.compile(type(model).forward, backend=self.compile_backend)
+        return functools.partial(fn, model)
+
+    def fit(self, module: pl.LightningModule, loader, *, epochs: int | None = None, steps: int = -1) -> None:
+        if (epochs is not None and epochs <= 0) or steps == 0 or len(loader) == 0:
+            return
+        fabric = self.fabric
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True)
+        module.to(fabric.device)
+        inner = getattr(module, "model", None)
+        if not (self.compile and isinstance(inner, nn.Module)):
+            return self._fit(module, loader, epochs, steps)
+        # Compiled for this fit only: a copy of the model made later (a personal model) must
+        # not carry a forward bound to this one.
+        inner.forward = self._compiled_forward(inner)
+        try:
+            return self._fit(module, loader, epochs, steps)
+        finally:
+            del inner.forward
+
+    def _fit(self, module: pl.LightningModule, loader, epochs: int | None, steps: int) -> None:
+        fabric = self.fabric
+        opt = module.configure_optimizers()
+        automatic = module.automatic_optimization
+        if not automatic and self.gradient_clip_val:
+            from pfl.errors import PflError
+
+            raise PflError("trainer.gradient_clip_val is not supported for strategies that step their own "
+                           "optimizer (manual optimization), as in Lightning's Trainer")
+        params = [p for group in opt.param_groups for p in group["params"]]
+        module.train()
+        done, epoch = 0, 0
+        while epochs is None or epoch < epochs:
+            for i, batch in enumerate(loader):
+                batch = fabric.to_device(batch)
+                with fabric.autocast():
+                    loss = module.training_step(batch, i)
+                if automatic:
+                    opt.zero_grad()
+                    fabric.backward(loss)
+                    if self.gradient_clip_val:
+                        torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
+                    opt.step()
+                done += 1
+                if 0 < steps <= done:
+                    return
+            epoch += 1
+
+
+def build_trainer(engine: str = "trainer", **kwargs: object) -> ClientTrainer | FabricTrainer:
+    """The client trainer the `trainer` config names (`trainer.engine`)."""
+    if engine not in ENGINES:
+        from pfl.errors import ConfigError
+
+        raise ConfigError("trainer.engine", engine, " | ".join(ENGINES))
+    return FabricTrainer(**kwargs) if engine == "fabric" else ClientTrainer(**kwargs)

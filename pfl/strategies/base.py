@@ -23,6 +23,7 @@ strategy's personalized model, so FedProx + fine-tuning needs no class of its ow
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfl.data.types import Client
+from pfl.data.types import Client, Split
 from pfl.fl.aggregate import fedavg
 from pfl.fl.batches import BatchLoader, derive_seed
 from pfl.fl.trainer import ClientTrainer, LocalModule, LossFn
@@ -68,6 +69,18 @@ class Context:
     #: how training batches are drawn (federation.sampling): uniform | balanced
     sampling: str = "uniform"
 
+    def resident(self, split: Split) -> Split:
+        """The split on the trainer's device, copied there once per process (a few MB per
+        client), so fits on a GPU make no host-device copies of their data."""
+        device = getattr(self.trainer, "device", torch.device("cpu"))
+        if device.type == "cpu" or split.x.device == device:
+            return split
+        cache = self.__dict__.setdefault("_resident", {})
+        key = id(split)
+        if key not in cache:
+            cache[key] = (split, dataclasses.replace(split, x=split.x.to(device), y=split.y.to(device)))
+        return cache[key][1]
+
     def seed_for(self, *parts: object) -> int:
         return derive_seed(self.seed, *parts)
 
@@ -83,7 +96,7 @@ class Context:
         use = getattr(self.criterion, "use", None)
         if use is not None and split == "train":
             use(client.cid)
-        return BatchLoader(client.split(split), batch_size or self.batch_size,
+        return BatchLoader(self.resident(client.split(split)), batch_size or self.batch_size,
                            seed=self.seed_for(rnd, client.cid, tag, "batches"), group=group,
                            sampling=self.sampling if split == "train" else "uniform")
 

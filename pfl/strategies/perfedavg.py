@@ -36,6 +36,7 @@ from torch.func import functional_call
 from pfl import validation as v
 from pfl.data.types import Client
 from pfl.errors import ConfigError
+from pfl.fl.trainer import manual_optimizer
 from pfl.strategies.base import Strategy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -114,16 +115,17 @@ class MetaModule(pl.LightningModule):
     def training_step(self, batches, batch_idx):
         grads, loss = meta_gradient(self.model, batches, self.alpha, self.variant, self.delta, self.hvp,
                                     self.criterion)
-        opt = self.optimizers()
+        opt = manual_optimizer(self)
         opt.zero_grad()
         for p, g in zip(self.model.parameters(), grads, strict=True):
             p.grad = g
         opt.step()
-        self.loss_sum = self.loss_sum + loss.cpu()
+        self.loss_sum = self.loss_sum.to(loss.device) + loss.detach()
         self.steps += 1
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.model.parameters(), lr=self.beta)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.beta)
+        return self.optimizer
 
     @property
     def mean_loss(self) -> float:

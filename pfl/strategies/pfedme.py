@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from pfl import validation as v
 from pfl.data.types import Client
+from pfl.fl.trainer import manual_optimizer
 from pfl.strategies.base import Strategy, Weights, snapshot
 
 
@@ -50,18 +51,19 @@ class PFedMeModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         w = {n: p.detach() for n, p in self.model.named_parameters()}
         self.theta = personal_solve(self.model, batch, w, self.lam, self.k, self.personal_lr, self.criterion)
-        opt = self.optimizers()
+        opt = manual_optimizer(self)
         opt.zero_grad()
         for n, p in self.model.named_parameters():
             p.grad = p.detach() - self.theta[n]
         opt.step()
         with torch.no_grad():
-            self.loss_sum = self.loss_sum + self.criterion(functional_call(self.model, self.theta, (batch[0],)),
-                                                           batch[1]).cpu()
+            loss = self.criterion(functional_call(self.model, self.theta, (batch[0],)), batch[1])
+            self.loss_sum = self.loss_sum.to(loss.device) + loss
         self.steps += 1
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.model.parameters(), lr=self.eta * self.lam)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.eta * self.lam)
+        return self.optimizer
 
     @property
     def mean_loss(self) -> float:

@@ -1,0 +1,52 @@
+"""logger=none leaves the run's tables, figures and final metrics in the run directory, the
+same files an MLflow run uploads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from compose import make_cfg
+from mlflow.tracking import MlflowClient
+
+from pfl.artifacts import run_directory
+from pfl.config import config_hash
+from pfl.run import train
+
+
+def _files(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()}
+
+
+def test_logger_none_writes_what_an_mlflow_run_uploads(synthetic_db, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        cfg_none = make_cfg(synthetic_db, tmp_path / "none", "logger=none")
+        res_none = train(cfg_none)
+        cfg_ml = make_cfg(synthetic_db, tmp_path / "ml", "logger=mlflow")
+        train(cfg_ml)
+    finally:
+        torch.set_num_threads(before)
+    local = run_directory(cfg_none, config_hash(cfg_none))
+    assert local.is_relative_to(tmp_path / "none")
+    got = _files(local)
+    for name in ("config.yaml", "final_clients.csv", "final_clients.md", "final_metrics.json", "history.json",
+                 "partition_stats.json", "global_model.pt", "learning_curves.png", "ledger.jsonl"):
+        assert name in got, name
+    # One confusion figure per client of the federation.
+    assert {p for p in got if p.startswith("confusion/")} == {f"confusion/{c}.png" for c in
+                                                              (k.split(".")[1] for k in res_none.metrics
+                                                               if k.startswith("client.") and k.endswith(".test.n"))}
+    assert json.loads((local / "final_metrics.json").read_text()) == res_none.metrics
+    client = MlflowClient(tracking_uri=str(cfg_ml.logger.tracking_uri))
+    run = client.search_runs([client.get_experiment_by_name(str(cfg_ml.logger.experiment_name)).experiment_id])[0]
+    dl = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
+    uploaded = {p for p in _files(dl) if not p.startswith("model/")}  # the MLflow model: MLflow only
+    assert uploaded == got
+    # Same config and seed: the same numbers, whichever logger.
+    for name in ("final_clients.csv", "final_metrics.json", "history.json"):
+        a, b = (local / name).read_text(), (dl / name).read_text()
+        if name == "history.json":  # wall-clock seconds per round differ, nothing else
+            a, b = ([{k: v for k, v in r.items() if k != "round_seconds"} for r in json.loads(x)] for x in (a, b))
+        assert a == b, name

@@ -1,0 +1,250 @@
+"""The fast path (trainer=fast): the Fabric engine, worker processes, batched evaluation, bf16
+fallback and torch.compile, each against the exact path or an independent oracle."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+import pytest
+import torch
+from compose import make_cfg
+from sklearn.metrics import confusion_matrix
+
+from pfl import config as cfgmod
+from pfl.bench import same_weights
+from pfl.errors import ConfigError
+from pfl.fl import trainer as trainer_mod
+from pfl.fl.evaluate import global_confusions
+from pfl.fl.trainer import FabricTrainer, LocalModule, build_trainer, resolve_precision
+from pfl.run import train
+
+
+def _run(db, tmp, *over):
+    before = torch.get_num_threads()
+    try:
+        return train(make_cfg(db, tmp, *over))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _same_result(a, b) -> None:
+    assert same_weights(a.global_weights, b.global_weights)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    keys = [k for k in a.metrics if not k.endswith("round_seconds")]
+    assert keys and {k: a.metrics[k] for k in keys} == {k: b.metrics[k] for k in keys}
+
+
+# Automatic optimization (none, fedprox with its penalty, ditto's two models), manual
+# optimization (perfedavg, pfedme) and evaluation-time fine-tuning.
+@pytest.mark.parametrize("strategy", ["none", "fedprox", "ditto", "perfedavg", "pfedme", "finetune"])
+def test_fabric_engine_trains_exactly_like_the_lightning_trainer(synthetic_db, tmp_path, strategy):
+    over = (f"strategy={strategy}", "federation.rounds=1")
+    a = _run(synthetic_db, tmp_path / "trainer", *over, "trainer.engine=trainer")
+    b = _run(synthetic_db, tmp_path / "fabric", *over, "trainer.engine=fabric")
+    _same_result(a, b)
+
+
+def test_fabric_engine_clips_gradients_like_the_trainer(synthetic_db, tmp_path):
+    over = ("federation.rounds=1", "trainer.gradient_clip_val=0.01", "federation.optimizer.lr=0.05")
+    a = _run(synthetic_db, tmp_path / "trainer", *over, "trainer.engine=trainer")
+    b = _run(synthetic_db, tmp_path / "fabric", *over, "trainer.engine=fabric")
+    c = _run(synthetic_db, tmp_path / "noclip", "federation.rounds=1", "federation.optimizer.lr=0.05",
+             "trainer.engine=fabric")
+    _same_result(a, b)
+    assert not same_weights(b.global_weights, c.global_weights)  # the clip did something
+
+
+def test_fabric_fit_counts_steps_like_max_steps_and_max_epochs():
+    # 10 rows, batch 4: 3 batches per epoch.
+    x, y = torch.randn(10, 1, 8), torch.randint(0, 2, (10,))
+
+    class Loader:
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            for i in range(0, 10, 4):
+                yield x[i:i + 4], y[i:i + 4]
+
+    def module():
+        return LocalModule(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2)),
+                           functools.partial(torch.optim.SGD, lr=0.1))
+
+    t = FabricTrainer()
+    # Batches of 4, 4 and 2 rows: the steps and beats seen, counted by hand.
+    for kw, steps, seen in (({"epochs": 2}, 6, 20), ({"steps": 5}, 5, 18), ({"steps": 7}, 7, 24),
+                            ({"epochs": 0}, 0, 0)):
+        m = module()
+        t.fit(m, Loader(), **kw)
+        assert (m.steps, m.seen) == (steps, seen), kw
+
+
+@pytest.mark.parametrize("strategy, engine", [("none", "trainer"), ("scaffold", "fabric"), ("finetune", "fabric"),
+                                              ("fedper", "trainer")])
+def test_worker_processes_give_the_serial_results(synthetic_db, tmp_path, strategy, engine):
+    # 1 torch thread per worker and in the serial run: the same sums in the same order.
+    over = (f"strategy={strategy}", f"trainer.engine={engine}", "trainer.threads=1")
+    serial = _run(synthetic_db, tmp_path / "serial", *over)
+    parallel = _run(synthetic_db, tmp_path / "workers", *over, "trainer.workers=2")
+    _same_result(serial, parallel)
+
+
+def test_fast_preset_composes_and_runs(synthetic_db, tmp_path):
+    cfg = make_cfg(synthetic_db, tmp_path, "trainer=fast")
+    assert cfg.trainer.engine == "fabric" and cfg.trainer.threads == 1 and cfg.trainer.workers >= 1
+    exact = _run(synthetic_db, tmp_path / "exact", "trainer.threads=1")
+    fast = _run(synthetic_db, tmp_path / "fast", "trainer=fast")
+    if resolve_precision("bf16-mixed") == "32-true":  # no native bf16 here: the same fp32 math
+        _same_result(exact, fast)
+    else:  # bf16 autocast: within the tolerance BENCHMARKS.md states
+        assert abs(exact.metrics["test.global.f1.mean"] - fast.metrics["test.global.f1.mean"]) <= 0.02
+
+
+def test_batched_global_evaluation_equals_per_client_predictions(synthetic_db, tmp_path):
+    from pfl.run import load_federation
+
+    cfg = make_cfg(synthetic_db, tmp_path)
+    fed = load_federation(cfg)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(fed.clients[0].train.x[0].numel(), 5))
+    got = global_confusions(model, fed.clients, 5, batch_size=64)
+    n_checked = 0
+    for c in fed.clients:
+        for split in ("val", "test"):
+            sp = c.split(split)
+            if not len(sp):
+                continue
+            with torch.no_grad():
+                pred = model(sp.x).argmax(1).numpy()
+            want = confusion_matrix(sp.y.numpy(), pred, labels=range(5))
+            np.testing.assert_array_equal(got[c.cid][(split, "global")], want)
+            n_checked += 1
+    assert n_checked >= 2 * len(fed.clients) - 2
+
+
+def test_bf16_falls_back_to_fp32_with_a_log_line(monkeypatch, caplog):
+    monkeypatch.setattr(trainer_mod, "cpu_supports_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="pfl.fl.trainer"):
+        assert resolve_precision("bf16-mixed", "cpu") == "32-true"
+        t = build_trainer(engine="fabric", precision="bf16-mixed")
+    assert t.precision == "32-true"
+    assert "no native bfloat16" in caplog.text and "32-true" in caplog.text
+    monkeypatch.setattr(trainer_mod, "cpu_supports_bf16", lambda: True)
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert resolve_precision("32-true", "cpu") == "32-true"
+
+
+def test_bf16_autocast_runs_where_forced():
+    # Where the CPU has no native bf16 the forced path is emulated (slow) but must still work.
+    t = FabricTrainer(precision="bf16-mixed")
+    t.precision = "bf16-mixed"  # bypass the fallback: exercise the autocast path itself
+    x, y = torch.randn(64, 1, 16), torch.randint(0, 3, (64,))
+    m = LocalModule(torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(56, 3)),
+                    functools.partial(torch.optim.SGD, lr=0.1))
+    w0 = m.model[0].weight.detach().clone()
+    t.fit(m, [(x, y)], epochs=1)
+    assert m.model[0].weight.dtype == torch.float32  # mixed: master weights stay fp32
+    assert not torch.equal(w0, m.model[0].weight)
+
+
+def test_compile_happens_once_per_process_and_model():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    t = FabricTrainer(compile=True, compile_backend="eager")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(32, 1, 16), torch.randint(0, 3, (32,))
+    graphs = []
+    for _client in range(3):  # the working model is reused across clients and rounds
+        t.fit(LocalModule(model, functools.partial(torch.optim.SGD, lr=0.1)), [(x, y)] * 2, epochs=2)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1  # it did compile
+    assert graphs[1] == graphs[0] and graphs[2] == graphs[0]  # and never again
+    assert set(model.state_dict()) == {"1.weight", "1.bias"}  # the weights keep their names
+    assert "forward" not in vars(model)  # the compiled forward is not left on the model
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("over, key", [
+    (("trainer.engine=lightning",), "trainer.engine"),
+    (("trainer.workers=0",), "trainer.workers"),
+    (("trainer.compile=true",), "trainer.compile"),
+    (("trainer.precision=fp8",), "trainer.precision"),
+    (("trainer.workers=2", "federation.backend=ray"), "trainer.workers"),
+    pytest.param(("trainer=gpu",), "trainer.accelerator",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")),
+])
+def test_bad_fast_path_settings_are_config_errors(synthetic_db, tmp_path, over, key):
+    with pytest.raises(ConfigError) as e:
+        cfgmod.validate(make_cfg(synthetic_db, tmp_path, *over))
+    assert key in str(e.value)
+
+
+def test_new_trainer_keys_keep_earlier_config_hashes(synthetic_db, tmp_path):
+    base = make_cfg(synthetic_db, tmp_path)
+    h = cfgmod.config_hash(base)
+    # The engine and the worker count do not change results; compile does, once on.
+    assert cfgmod.config_hash(make_cfg(synthetic_db, tmp_path, "trainer.engine=fabric", "trainer.workers=2")) == h
+    assert cfgmod.config_hash(make_cfg(synthetic_db, tmp_path, "trainer.compile=true",
+                                       "trainer.engine=fabric")) != h
+    from omegaconf import OmegaConf
+
+    legacy = OmegaConf.to_container(base)
+    for k in ("engine", "workers", "compile", "compile_backend"):
+        legacy["trainer"].pop(k)
+    assert cfgmod.config_hash(OmegaConf.create(legacy)) == h
+
+
+def test_the_patched_lightning_loader_still_matches_lightnings_own():
+    # ClientTrainer replaces Lightning's private external-callback loader with one that scans
+    # entry points once per process. If Lightning renames or changes it, this fails.
+    import inspect
+
+    from pytorch_lightning.trainer.connectors import callback_connector
+
+    trainer_mod.cache_callback_discovery()
+    patched = callback_connector._load_external_callbacks
+    assert patched is trainer_mod._external_callbacks
+    original = callback_connector.__dict__.get("_pfl_original_load_external_callbacks")
+    assert original is not None and list(inspect.signature(original).parameters) == ["group"]
+    for group in ("pytorch_lightning.callbacks_factory", "lightning.pytorch.callbacks_factory"):
+        assert [type(c) for c in patched(group)] == [type(c) for c in original(group)]
+
+
+def test_bench_gpu_skips_with_a_reason_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the benchmark would run")
+    from pfl.bench import main
+
+    assert main(["--gpu"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "no CUDA GPU" in out
+
+
+def test_a_worker_error_reaches_the_run_as_one_clear_error(synthetic_db, tmp_path, monkeypatch):
+    from pfl.errors import PflError
+    from pfl.strategies.base import Strategy
+
+    def fail(self, model, client, state, rnd):  # the forked workers inherit the patch
+        raise PflError(f"client {client.cid} cannot train")
+
+    monkeypatch.setattr(Strategy, "local_update", fail)
+    with pytest.raises(PflError, match="cannot train"):
+        _run(synthetic_db, tmp_path, "trainer.workers=2", "federation.rounds=1")
+
+
+def test_worker_exceptions_that_do_not_pickle_still_say_what_happened():
+    from pfl.errors import ConfigError, PflError
+    from pfl.fl.workers import _portable
+
+    class Odd(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}/{b}")
+
+    e = _portable(Odd(1, 2))
+    assert isinstance(e, RuntimeError) and "Odd: 1/2" in str(e)
+    ce = _portable(ConfigError("federation.batch_size", 0, "an integer >= 1"))
+    assert isinstance(ce, PflError) and "federation.batch_size" in str(ce)
