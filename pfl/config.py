@@ -17,12 +17,13 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 
 #: keys that change results only when set away from these values: left out of the hash at them,
 #: so adding such a key kept every earlier run's identity
-NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor"}
+NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "federation.test_every": None}
 
 
 #: the keys of these groups; a key added with `+group.key=...` would otherwise be ignored silently
 KNOWN_KEYS = {
-    "federation": {"rounds", "local_epochs", "local_steps", "clients_per_round", "eval_every", "batch_size", "eval_batch_size",
+    "federation": {"rounds", "local_epochs", "local_steps", "clients_per_round", "eval_every", "test_every",
+                   "batch_size", "eval_batch_size",
                    "optimizer", "dropout", "on_divergence", "backend", "ray_address", "sampling"},
     "trainer": {"engine", "accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "compile",
                 "compile_backend", "threads", "workers", "progress"},
@@ -50,6 +51,8 @@ def validate(cfg: DictConfig) -> None:
     v.integer("federation.batch_size", f.batch_size, minimum=1)
     v.integer("federation.eval_batch_size", f.eval_batch_size, minimum=1)
     v.integer("federation.eval_every", f.eval_every, minimum=1)
+    if f.get("test_every") is not None:
+        v.integer("federation.test_every", f.test_every, minimum=1)
     if f.clients_per_round is not None:
         v.integer("federation.clients_per_round", f.clients_per_round, minimum=1)
     v.fraction("federation.dropout", f.dropout)

@@ -163,6 +163,7 @@ def train(cfg: DictConfig, console=None) -> Result:
         backend = ProcessBackend(workers, threads=cfg.trainer.get("threads") or 1)
     server = Server(strategy, model_factory, train_clients, fed.clients, fed.classes, rounds=fcfg.rounds,
                     seed=cfg.seed, clients_per_round=fcfg.clients_per_round, eval_every=fcfg.eval_every,
+                    test_every=fcfg.get("test_every"),
                     dropout=fcfg.dropout, on_divergence=fcfg.on_divergence, eval_batch_size=fcfg.eval_batch_size,
                     backend=backend)
     # The tracker comes after every check the server makes, so a rejected config opens no MLflow

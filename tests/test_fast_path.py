@@ -248,3 +248,17 @@ def test_worker_exceptions_that_do_not_pickle_still_say_what_happened():
     assert isinstance(e, RuntimeError) and "Odd: 1/2" in str(e)
     ce = _portable(ConfigError("federation.batch_size", 0, "an integer >= 1"))
     assert isinstance(ce, PflError) and "federation.batch_size" in str(ce)
+
+
+def test_test_split_only_where_reported(synthetic_db, tmp_path):
+    # Val every round (model selection reads it), test every 2nd round and after the last.
+    every = _run(synthetic_db, tmp_path / "every", "federation.rounds=3")
+    sparse = _run(synthetic_db, tmp_path / "sparse", "federation.rounds=3", "federation.test_every=2")
+    has_test = [any(k.startswith("test.") for k in h) for h in sparse.history]
+    assert has_test == [False, True, True]
+    assert all("val.global.f1.mean" in h for h in sparse.history)
+    assert all(any(k.startswith("test.") for k in h) for h in every.history)
+    _same_result(every, sparse)  # training is untouched; the final evaluation is complete
+    for a, b in zip(every.history, sparse.history, strict=True):
+        assert {k: v for k, v in a.items() if k.startswith("val.")} == {k: v for k, v in b.items()
+                                                                        if k.startswith("val.")}

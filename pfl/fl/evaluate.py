@@ -87,7 +87,8 @@ class Evaluation:
 def client_confusions(global_model: nn.Module, scratch: nn.Module, global_weights: dict[str, torch.Tensor],
                       client: Client, n_classes: int,
                       personalize: Callable[[nn.Module, Client], nn.Module] | None,
-                      batch_size: int = 256, with_global: bool = True) -> dict[tuple[str, str], np.ndarray]:
+                      batch_size: int = 256, with_global: bool = True,
+                      splits: Sequence[str] = SPLITS) -> dict[tuple[str, str], np.ndarray]:
     """Confusion matrices of one client keyed by (split, model); "personal" only when personalizing.
 
     `with_global=False` for strategies with no single global model (FedPer, FedBN, local):
@@ -101,7 +102,7 @@ def client_confusions(global_model: nn.Module, scratch: nn.Module, global_weight
         models.append(("personal", personalize(scratch, client)))
     out = {}
     for model_name, model in models:
-        for split in SPLITS:
+        for split in splits:
             sp = client.split(split)
             out[(split, model_name)] = (confusion(predict(model, sp.x, batch_size), sp.y, n) if len(sp)
                                         else np.zeros((n, n), np.int64))
@@ -114,20 +115,20 @@ def add_client(ev: Evaluation, client: Client, cms: dict[tuple[str, str], np.nda
         ev.cms.setdefault((split, model_name), {})[client.cid] = cm
         ev.scores.setdefault((split, model_name), {})[client.cid] = scores(cm, ev.classes) if len(
             client.split(split)) else empty_scores()
-    if ("val", "personal") not in cms:
-        for split in SPLITS:
+    if not any(m == "personal" for _, m in cms):
+        for split in dict.fromkeys(s for s, _ in cms):
             ev.cms.setdefault((split, "personal"), {})[client.cid] = ev.cms[(split, "global")][client.cid]
             ev.scores.setdefault((split, "personal"), {})[client.cid] = ev.scores[(split, "global")][client.cid]
 
 
-def global_confusions(model: nn.Module, clients: Sequence[Client], n_classes: int,
-                      batch_size: int = 256) -> dict[str, dict[tuple[str, str], np.ndarray]]:
+def global_confusions(model: nn.Module, clients: Sequence[Client], n_classes: int, batch_size: int = 256,
+                      splits: Sequence[str] = SPLITS) -> dict[str, dict[tuple[str, str], np.ndarray]]:
     """The global model's confusion matrices of every client, from one batched pass over all
     their val and test beats: the cost grows with beats, not with clients. Predictions do not
     depend on how rows are batched (pfl.metrics.predict), so they equal per-client passes."""
-    parts = [(c, split) for c in clients for split in SPLITS if len(c.split(split))]
+    parts = [(c, split) for c in clients for split in splits if len(c.split(split))]
     out: dict[str, dict[tuple[str, str], np.ndarray]] = {
-        c.cid: {(split, "global"): np.zeros((n_classes, n_classes), np.int64) for split in SPLITS} for c in clients}
+        c.cid: {(split, "global"): np.zeros((n_classes, n_classes), np.int64) for split in splits} for c in clients}
     if not parts:
         return out
     preds = predict(model, torch.cat([c.split(split).x for c, split in parts]), batch_size)
@@ -140,14 +141,16 @@ def evaluate(global_model: nn.Module, scratch: nn.Module, clients: Sequence[Clie
              personalize: Callable[[nn.Module, Client], nn.Module] | None, batch_size: int = 256,
              on_client: Callable[[str], None] | None = None, with_global: bool = True,
              personal: Callable[[Sequence[Client]], Iterable[dict]] | None = None,
-             shared: Callable[[Sequence[Client]], dict[str, dict]] | None = None) -> Evaluation:
+             shared: Callable[[Sequence[Client]], dict[str, dict]] | None = None,
+             splits: Sequence[str] = SPLITS) -> Evaluation:
     """Every client's scores: the global model in one batched pass, personalized models client
     by client. `shared` and `personal`, if given, compute those elsewhere (worker processes)."""
     ev = Evaluation(classes, list(clients))
     n = len(classes)
     global_weights = global_model.state_dict()
     if with_global or personalize is None:
-        shared = shared(clients) if shared is not None else global_confusions(global_model, clients, n, batch_size)
+        shared = (shared(clients) if shared is not None
+                  else global_confusions(global_model, clients, n, batch_size, splits))
     else:
         shared = {}
     if personalize is None:
@@ -155,7 +158,7 @@ def evaluate(global_model: nn.Module, scratch: nn.Module, clients: Sequence[Clie
     elif personal is not None:
         per = iter(personal(clients))
     else:
-        per = (client_confusions(global_model, scratch, global_weights, c, n, personalize, batch_size, False)
+        per = (client_confusions(global_model, scratch, global_weights, c, n, personalize, batch_size, False, splits)
                for c in clients)
     for c, own in zip(clients, per, strict=True):
         add_client(ev, c, {**shared.get(c.cid, {}), **own})

@@ -208,7 +208,7 @@ class RayBackend(Backend):
             yield update
             server._emit("on_client_end", rnd, c.cid)
 
-    def evaluate(self, server, global_model: nn.Module, state, rnd: int):
+    def evaluate(self, server, global_model: nn.Module, state, rnd: int, splits=("val", "test")):
         """The round's evaluation (personalization included), clients in parallel actors."""
         from pfl.fl.evaluate import Evaluation, add_client
 
@@ -220,7 +220,7 @@ class RayBackend(Backend):
         server_state = self.ray.put(server.strategy.state_dict())
         calls = [functools.partial(_call_evaluate, c.cid, self._ref(c), weights,
                                    state.client_states[c.cid] if personalizes else None, rnd, len(server.classes),
-                                   server.eval_batch_size, server_state) for c in clients]
+                                   server.eval_batch_size, server_state, tuple(splits)) for c in clients]
         sizes = [len(c.train) * personalizes + len(c.val) + len(c.test) for c in clients]
         ev = Evaluation(server.classes, list(clients))
         for c, cms in zip(clients, self._in_order(calls, sizes), strict=True):
@@ -233,5 +233,5 @@ def _call_update(cid, ref, weights, state, rnd, server_state, actor):
     return actor.update.remote(cid, ref, weights, state, rnd, server_state)
 
 
-def _call_evaluate(cid, ref, weights, state, rnd, n_classes, batch_size, server_state, actor):
-    return actor.evaluate.remote(cid, ref, weights, state, rnd, n_classes, batch_size, server_state)
+def _call_evaluate(cid, ref, weights, state, rnd, n_classes, batch_size, server_state, splits, actor):
+    return actor.evaluate.remote(cid, ref, weights, state, rnd, n_classes, batch_size, server_state, None, splits)

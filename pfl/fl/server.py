@@ -90,6 +90,7 @@ class Server:
         seed: int,
         clients_per_round: int | None = None,
         eval_every: int = 1,
+        test_every: int | None = None,
         dropout: float = 0.0,
         on_divergence: str = "fail",
         eval_batch_size: int = 4096,
@@ -99,6 +100,7 @@ class Server:
         self.strategy, self.model_factory = strategy, model_factory
         self.train_clients, self.eval_clients, self.classes = list(train_clients), list(eval_clients), classes
         self.rounds, self.seed, self.eval_every = rounds, seed, eval_every
+        self.test_every = test_every
         self.dropout, self.on_divergence, self.eval_batch_size = dropout, on_divergence, eval_batch_size
         n = len(self.train_clients)
         if clients_per_round is not None and not (1 <= clients_per_round <= n):
@@ -188,7 +190,7 @@ class Server:
             info.metrics["bytes_received_per_client"] = float(tensor_bytes(self.strategy.shared(after))
                                                               + tensor_bytes(state.server))
             if rnd % self.eval_every == 0 or rnd == self.rounds:
-                evaluation = self.evaluate(global_model, work, state, rnd)
+                evaluation = self.evaluate(global_model, work, state, rnd, self.splits(rnd))
                 info.metrics.update(evaluation.metrics())
             info.seconds = time.perf_counter() - t0
             info.metrics["round_seconds"] = info.seconds
@@ -200,10 +202,18 @@ class Server:
         self._emit("on_run_end", result)
         return result
 
-    def evaluate(self, global_model: nn.Module, scratch: nn.Module, state: ServerState, rnd: int) -> Evaluation:
+    def splits(self, rnd: int) -> tuple[str, ...]:
+        """The splits evaluated in round `rnd`: val at every evaluation, test only every
+        `test_every` rounds (default: at every evaluation) and always after the last."""
+        if self.test_every is None or rnd % self.test_every == 0 or rnd == self.rounds:
+            return ("val", "test")
+        return ("val",)
+
+    def evaluate(self, global_model: nn.Module, scratch: nn.Module, state: ServerState, rnd: int,
+                 splits: Sequence[str] = ("val", "test")) -> Evaluation:
         parallel = getattr(self.backend, "evaluate", None)  # a backend may evaluate clients in parallel
         if parallel is not None:
-            return parallel(self, global_model, state, rnd)
+            return parallel(self, global_model, state, rnd, splits)
         # A backend with workers may compute the global model's and the personalized models'
         # confusion matrices there.
         personal = getattr(self.backend, "personal_confusions", None)
@@ -212,8 +222,8 @@ class Server:
         return evaluate(global_model, scratch, self.eval_clients, self.classes, self.personalizer(state, rnd),
                         self.eval_batch_size, on_client=lambda cid: self._emit("on_client_end", rnd, cid),
                         with_global=self.strategy.has_global,
-                        personal=personal and functools.partial(personal, self, weights, state, rnd),
-                        shared=shared and functools.partial(shared, self, weights))
+                        personal=personal and functools.partial(personal, self, weights, state, rnd, splits),
+                        shared=shared and functools.partial(shared, self, weights, splits), splits=splits)
 
     def personalizer(self, state: ServerState, rnd: int) -> Callable[[nn.Module, Client], nn.Module] | None:
         """The client's personalized model, or None where it is the global model."""

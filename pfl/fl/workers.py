@@ -65,7 +65,7 @@ class WorkerCore:
 
     def evaluate(self, client: Client, global_weights: dict[str, torch.Tensor], state: dict[str, Any] | None,
                  rnd: int, n_classes: int, batch_size: int, server_state: dict[str, Any],
-                 with_global: bool | None = None) -> dict:
+                 with_global: bool | None = None, splits: Sequence[str] = ("val", "test")) -> dict:
         """Confusion matrices of one client (pfl.fl.evaluate.client_confusions)."""
         from pfl.fl.evaluate import client_confusions
 
@@ -78,18 +78,19 @@ class WorkerCore:
             def personalize(model: nn.Module, c: Client) -> nn.Module:
                 return self.strategy.personal_model(model, c, state, rnd)
         return client_confusions(self.global_model, self.model, global_weights, client, n_classes, personalize,
-                                 batch_size, self.strategy.has_global if with_global is None else with_global)
+                                 batch_size, self.strategy.has_global if with_global is None else with_global,
+                                 splits)
 
 
     def global_eval(self, global_weights: dict[str, torch.Tensor], cids: Sequence[str], n_classes: int,
-                    batch_size: int) -> dict:
+                    batch_size: int, splits: Sequence[str] = ("val", "test")) -> dict:
         """The global model's confusion matrices of these clients, in one batched pass."""
         from pfl.fl.evaluate import global_confusions
 
         if self.global_model is None:
             self.global_model = self.model_factory()
         self.global_model.load_state_dict(global_weights)
-        return global_confusions(self.global_model, [self.clients[c] for c in cids], n_classes, batch_size)
+        return global_confusions(self.global_model, [self.clients[c] for c in cids], n_classes, batch_size, splits)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -215,16 +216,16 @@ class ProcessBackend(Backend):
             server._emit("on_client_end", rnd, c.cid)
 
     def personal_confusions(self, server, global_weights: dict[str, torch.Tensor], state, rnd: int,
-                            clients: Sequence[Client]) -> Iterator[dict]:
+                            splits: Sequence[str], clients: Sequence[Client]) -> Iterator[dict]:
         """Each client's personalized-model confusion matrices, computed in the workers."""
         if not self.procs:
             self.start(server)
         server_state = server.strategy.state_dict()
         calls = [("evaluate", c.cid, (global_weights, state.client_states[c.cid], rnd, len(server.classes),
-                                      server.eval_batch_size, server_state, False)) for c in clients]
+                                      server.eval_batch_size, server_state, False, tuple(splits))) for c in clients]
         yield from self._in_order(calls, [len(c.train) + len(c.val) + len(c.test) for c in clients])
 
-    def global_confusions(self, server, global_weights: dict[str, torch.Tensor],
+    def global_confusions(self, server, global_weights: dict[str, torch.Tensor], splits: Sequence[str],
                           clients: Sequence[Client]) -> dict[str, dict]:
         """The global model's confusion matrices: the clients split into one share per worker,
         balanced by beats, each share one batched pass."""
@@ -236,7 +237,8 @@ class ProcessBackend(Backend):
             k = load.index(min(load))
             shares[k].append(c.cid)
             load[k] += len(c.val) + len(c.test)
-        calls = [("global_eval", None, (global_weights, share, len(server.classes), server.eval_batch_size))
+        calls = [("global_eval", None, (global_weights, share, len(server.classes), server.eval_batch_size,
+                                        tuple(splits)))
                  for share in shares if share]
         out: dict[str, dict] = {}
         for part in self._in_order(calls, [load[i] for i, share in enumerate(shares) if share]):
