@@ -160,7 +160,9 @@ def test_tampering_seen_through_the_mlflow_run(clean_run, capsys):
     finally:
         ledger.write_bytes(original)
 
-    (model,) = Path(uri.removeprefix("sqlite:///")).parent.rglob("global_model.pt")
+    # MLflow's copy, not the one in the run directory (outputs/runs/, written for any logger).
+    store = Path(uri.removeprefix("sqlite:///")).parent
+    (model,) = [p for p in store.rglob("global_model.pt") if p.relative_to(store).parts[0] != "runs"]
     saved = model.read_bytes()
     try:
         _tamper_weights(model)
