@@ -46,10 +46,10 @@ lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check pfl tests
 
 bench: $(STAMP) ## run benchmarks, write BENCHMARKS.md
-	$(BIN)/python -m pfl.bench $(ARGS)
+	$(BIN)/python tests/bench.py $(ARGS)
 
 bench-gpu: $(STAMP) ## time experiment=seed_phase3 on a CUDA GPU (skips without one)
-	$(BIN)/python -m pfl.bench --gpu $(ARGS)
+	$(BIN)/python tests/bench.py --gpu $(ARGS)
 
 ui: $(STAMP) ## open the MLflow dashboard on the default store (ARGS="--port 5001" for another port)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)) --host 127.0.0.1 $(ARGS)

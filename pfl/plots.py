@@ -11,13 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _cm_panel(ax, cm: np.ndarray, classes: list[str], title: str) -> None:
+def _cm_panel(ax, cm: np.ndarray, classes: list[str], title: str, compact: bool = False) -> None:
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+    if not compact:
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9 if compact else None)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
@@ -25,26 +26,45 @@ def _cm_panel(ax, cm: np.ndarray, classes: list[str], title: str) -> None:
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
 
 
-def confusion_matrices(ev, directory: Path, split: str = "test") -> None:
-    """One PNG per client: global and personalized model side by side (the personalized one
-    alone for strategies without a global model)."""
-    directory.mkdir(parents=True, exist_ok=True)
+def confusion_grid(ev, path: Path, split: str = "test", per_row: int = 8) -> list[tuple[str, str]]:
+    """Every client's confusion matrices in one figure: per client the global and the
+    personalized model side by side (the personalized one alone for strategies without a global
+    model), `per_row` panels to a row; returns the (client, model) of each panel, in order. One figure, however many clients: its cost is one layout
+    and one file, not one per client. Built without pyplot's global state, so a background
+    thread may draw it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     models = [m for m in ("global", "personal") if (split, m) in ev.cms]
-    for c in ev.clients:
-        fig, axes = plt.subplots(1, len(models), figsize=(3.5 * len(models), 3.4), squeeze=False)
-        for ax, model in zip(axes[0], models, strict=True):
-            _cm_panel(ax, ev.cms[(split, model)][c.cid], ev.classes, f"{c.cid} {model} ({split})")
-        fig.tight_layout()
-        path = directory / f"{c.cid}.png"  # a namespaced id (svdb/800) is a subdirectory
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
+    panels = [(c.cid, m) for c in ev.clients for m in models if c.cid in ev.cms[(split, m)]]
+    if not panels:
+        return []
+    per_row = max(len(models), per_row - per_row % len(models))  # a client's panels share a row
+    cols = min(per_row, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(2.6 * cols, 2.5 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (cid, model) in zip(axes, panels, strict=False):
+        _cm_panel(ax, ev.cms[(split, model)][cid], ev.classes, f"{cid} {model}", compact=True)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(f"confusion matrices ({split}): rows true, columns predicted")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+    return panels
 
 
 def learning_curves(history: list[dict[str, float]], path: Path) -> None:
     if not history:
         return
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.4))  # no pyplot state: safe in the artifact writer's thread
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     rounds = [h["round"] for h in history]
     axes[0].plot(rounds, [h.get("train_loss", np.nan) for h in history])
     axes[0].set_title("train loss")
@@ -61,7 +81,6 @@ def learning_curves(history: list[dict[str, float]], path: Path) -> None:
         ax.set_xlabel("round")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 # Report charts: bars are means over seeds, error bars the sample std (ddof=1) over seeds.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -15,7 +16,8 @@ from pfl import config as cfgmod
 from pfl import tables
 from pfl.data.types import Client, Federation, Split
 from pfl.errors import ConfigError
-from pfl.fl.checkpoint import Checkpointer, load_checkpoint
+from pfl.fl.callbacks import Callback
+from pfl.fl.checkpoint import LAST, Checkpointer, RunContext, load_checkpoint
 from pfl.fl.server import Result, Server
 from pfl.fl.trainer import build_trainer
 from pfl.strategies import Context, build_strategy
@@ -100,8 +102,11 @@ def run_tags(cfg: DictConfig, config_hash: str, strategy=None) -> dict[str, str]
     return tags
 
 
-def train(cfg: DictConfig, console=None) -> Result:
-    """Validate, load, train, evaluate, track. Raises PflError for anything the user can fix."""
+def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> Result:
+    """Validate, load, train, evaluate, track. Raises PflError for anything the user can fix.
+
+    `callbacks`: observers (pfl.fl.callbacks.Callback) that see every hook before pfl's own
+    tracking, ledger and checkpoints do."""
     cfgmod.prepare(cfg)
     strategy = build_strategy(cfg.strategy, cfg.get("adapt"))  # bad hyperparameters fail before data loads
     workers = int(cfg.trainer.get("workers", 1))
@@ -139,18 +144,17 @@ def train(cfg: DictConfig, console=None) -> Result:
 
     chash = cfgmod.config_hash(cfg)
     digest = fed.digest()
-    ckpt = Checkpointer(Path(cfg.paths.checkpoint_dir) / chash, chash, digest)
-    state = None
+    ckpt_dir = Path(cfg.paths.checkpoint_dir) / chash
+    state, meta, path = None, {}, ckpt_dir / LAST
     if cfg.resume:
-        path = ckpt.last if cfg.resume is True else Path(str(cfg.resume))
+        path = path if cfg.resume is True else Path(str(cfg.resume))
         if cfg.resume is True and not path.exists():
             log.info("resume=true: no checkpoint for this config yet (%s); starting fresh", path)
         else:
             state, meta = load_checkpoint(path, chash, digest)
-            ckpt.meta.update(meta)
             log.info("resuming after round %d from %s", state.rnd, path)
 
-    callbacks = []
+    observers, callbacks = list(callbacks), []
     backend = None
     if fcfg.backend == "ray":
         from pfl.fl.ray_backend import RayBackend
@@ -173,10 +177,9 @@ def train(cfg: DictConfig, console=None) -> Result:
     from pfl.ledger import Ledger
 
     # The ledger sits beside the checkpoints so a resumed run extends the same chain.
-    ledger = Ledger(ckpt.directory / "ledger.jsonl", chash, digest, resume_round=state.rnd if state else 0,
+    ledger = Ledger(ckpt_dir / "ledger.jsonl", chash, digest, resume_round=state.rnd if state else 0,
                     resume_weights=state.global_weights if state else None,
                     source=path.parent / "ledger.jsonl" if state else None)
-    ckpt.ledger, ckpt.resuming = ledger, state is not None
     artifacts = ArtifactWriter(cfg, run_directory(cfg, chash), _jsonable(federation_stats(fed)), [ledger.path])
     tracker = None
     if cfg.logger.get("enabled", False):
@@ -184,10 +187,14 @@ def train(cfg: DictConfig, console=None) -> Result:
 
         tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash, strategy),
                                 artifacts=artifacts)
-        ckpt.meta["mlflow_run_id"] = tracker.start(ckpt.meta.get("mlflow_run_id"))
         callbacks.append(tracker)
     else:  # the tracker writes them itself before uploading
         callbacks.append(artifacts)
+    # Everything a component needs is known before it is built: the MLflow run (a resumed run
+    # continues its own), the directories and the ledger's chain.
+    run = RunContext(chash, digest, ckpt_dir, artifacts.directory,
+                     run_id=tracker.start(meta.get("mlflow_run_id")) if tracker else None, resuming=state is not None)
+    ckpt = Checkpointer(run, ledger, meta)
     # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks.
     callbacks += [ledger, ckpt]
     try:  # from here on an error must end the MLflow run as FAILED, not leave it RUNNING
@@ -195,6 +202,7 @@ def train(cfg: DictConfig, console=None) -> Result:
             from pfl.fl.progress import RichProgress
 
             callbacks.insert(0, RichProgress(fcfg.rounds, len(fed.clients), console))
+        callbacks[:0] = observers
         server.callbacks = callbacks
         result = server.run(state)
     except BaseException as exc:

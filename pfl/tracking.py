@@ -19,6 +19,7 @@ import random
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -215,6 +216,7 @@ class MlflowTracker(Callback):
         self.run_id: str | None = None
         self.resumed = False
         self._prev_sigterm = None
+        self._warm: threading.Thread | None = None
 
     def _experiment_id(self) -> str:
         return experiment_id(self.client, self.cfg, self.uri)
@@ -288,7 +290,7 @@ class MlflowTracker(Callback):
         for i in range(0, len(items), _BATCH):
             _retry(self.client.log_batch, self.run_id, metrics=items[i:i + _BATCH])
 
-    def on_round_end(self, info: RoundInfo) -> None:
+    def _log_round(self, info: RoundInfo) -> None:
         metrics = dict(info.metrics)
         metrics["clients.participating"] = len(info.updates)
         metrics["clients.dropped"] = len(info.dropped)
@@ -313,18 +315,29 @@ class MlflowTracker(Callback):
         return [rounds[r] for r in sorted(rounds)] or result.history
 
     def on_run_end(self, result) -> None:
-        # The same files a logger=none run leaves in its run directory, uploaded from there.
+        # The same files a logger=none run leaves in its run directory, written in the writer's
+        # thread while this one logs the model, then uploaded from there.
         self.artifacts.history = self._history
-        directory = self.artifacts.write(result)
-        # Bootstrap intervals of the final per-client macro-F1, for pfl-report's client tables.
-        last = int(self.cfg.federation.rounds)
-        self.log_metrics({f"client.{r['client']}.test.personal.f1.ci_{b}": r[f"f1_personal_{b}"]
-                          for r in self.artifacts.rows for b in ("lo", "hi")}, step=int(last))
+        self.artifacts.start(result)
+        try:
+            # Bootstrap intervals of the final per-client macro-F1, for pfl-report's client tables.
+            last = int(self.cfg.federation.rounds)
+            self.log_metrics({f"client.{r['client']}.test.personal.f1.ci_{b}": r[f"f1_personal_{b}"]
+                              for r in self.artifacts.rows for b in ("lo", "hi")}, step=int(last))
+            if self.cfg.logger.get("log_model", True) and self.tags.get("strategy_has_global", "true") == "true":
+                self._log_model(result.global_weights)
+        finally:
+            directory = self.artifacts.join()
         _retry(self.client.log_artifacts, self.run_id, str(directory))
-        if self.cfg.logger.get("log_model", True) and self.tags.get("strategy_has_global", "true") == "true":
-            self._log_model(result.global_weights)
         _retry(self.client.set_terminated, self.run_id, "FINISHED")
         self._release_sigterm()
+
+    def on_round_end(self, info: RoundInfo) -> None:
+        self._log_round(info)
+        if self._warm is None:  # after round 1: worker processes, if any, are forked by now
+            self.artifacts.prewarm()
+            self._warm = threading.Thread(target=_import_model_logging, name="pfl-prewarm-mlflow", daemon=True)
+            self._warm.start()
 
     def _log_model(self, weights: dict[str, torch.Tensor]) -> None:
         """The final global model as an MLflow PyTorch model (artifact `model`), so that
@@ -389,6 +402,15 @@ class MlflowTracker(Callback):
                 _retry(self.client.set_terminated, self.run_id, status)
         except Exception as e:
             log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, _first_line(e))
+
+
+def _import_model_logging() -> None:
+    """What logging the model imports (about 0.5 s in a fresh process), loaded while rounds train."""
+    try:
+        import mlflow.pytorch  # noqa: F401
+        from mlflow.models import infer_signature  # noqa: F401
+    except Exception:  # noqa: BLE001 - _log_model imports them again and reports the error there
+        pass
 
 
 def _joined(ids: list[str], limit: int = 5000) -> str:

@@ -34,10 +34,13 @@ def test_logger_none_writes_what_an_mlflow_run_uploads(synthetic_db, tmp_path):
     for name in ("config.yaml", "final_clients.csv", "final_clients.md", "final_metrics.json", "history.json",
                  "partition_stats.json", "global_model.pt", "learning_curves.png", "ledger.jsonl"):
         assert name in got, name
-    # One confusion figure per client of the federation.
-    assert {p for p in got if p.startswith("confusion/")} == {f"confusion/{c}.png" for c in
-                                                              (k.split(".")[1] for k in res_none.metrics
-                                                               if k.startswith("client.") and k.endswith(".test.n"))}
+    # One figure holds every client's confusion matrices, not one file per client.
+    assert "confusion_test.png" in got and not any(p.startswith("confusion/") for p in got)
+    from pfl.plots import confusion_grid
+
+    clients = [k.split(".")[1] for k in res_none.metrics if k.startswith("client.") and k.endswith(".test.n")]
+    panels = confusion_grid(res_none.evaluation, tmp_path / "grid.png")
+    assert sorted(panels) == sorted((c, m) for c in clients for m in ("global", "personal"))
     assert json.loads((local / "final_metrics.json").read_text()) == res_none.metrics
     client = MlflowClient(tracking_uri=str(cfg_ml.logger.tracking_uri))
     run = client.search_runs([client.get_experiment_by_name(str(cfg_ml.logger.experiment_name)).experiment_id])[0]

@@ -1,4 +1,4 @@
-"""`python -m pfl.bench --quick`: every benchmark code path on tiny synthetic settings.
+"""`python tests/bench.py --quick`: every benchmark code path on tiny synthetic settings.
 
 No timing is asserted (benchmarks are not tests); the report and the JSON must hold every
 section, and the overhead section must confirm that pfl and the plain loop agree bit for bit.
@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+import bench
 import pytest
-
-from pfl import bench
 
 
 def test_quick_bench_writes_report_and_results(synthetic_db, tmp_path):

@@ -198,7 +198,7 @@ def test_the_readme_plugin_example_works(synthetic_db, tmp_path, monkeypatch):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "2 finished runs" in md and "ProxHeads = strategy `prox_heads`" in md
     # ... and the bench times it beside the built-ins (quick: in this process, so on sys.path).
-    from pfl import bench
+    import bench
 
     monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
     out = tmp_path / "bench.md"

@@ -1,6 +1,6 @@
 """pfl's full pipeline computes exactly what a plain PyTorch FedAvg loop computes.
 
-The plain loop (pfl.bench.plain_federated) is the reference `make bench` measures pfl's
+The plain loop (tests/plain_loop.py) is the reference `make bench` measures pfl's
 overhead against; it shares only the data pipeline, the model classes and the batch order with
 pfl, so equality here means no speed-up in the Lightning trainer, the server loop, evaluation
 or tracking has changed a single bit of the results.
@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 from compose import make_cfg
+from plain_loop import plain_federated, same_weights
 
-from pfl.bench import plain_federated, same_weights
 from pfl.run import train
 
 

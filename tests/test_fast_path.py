@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from compose import make_cfg
+from plain_loop import same_weights
 from sklearn.metrics import confusion_matrix
 
 from pfl import config as cfgmod
-from pfl.bench import same_weights
 from pfl.errors import ConfigError
 from pfl.fl import trainer as trainer_mod
 from pfl.fl.evaluate import global_confusions
@@ -217,7 +217,7 @@ def test_the_patched_lightning_loader_still_matches_lightnings_own():
 def test_bench_gpu_skips_with_a_reason_without_a_gpu(capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the benchmark would run")
-    from pfl.bench import main
+    from bench import main
 
     assert main(["--gpu"]) == 0
     out = capsys.readouterr().out

@@ -55,26 +55,13 @@ def test_ray_backend_matches_serial(synthetic_db, tmp_path, ray_local, strategy)
     assert [h["train_loss"] for h in parallel.history] == [h["train_loss"] for h in serial.history]
 
 
-class _StubServer:
-    """What a backend uses of the server: strategy, model factory, clients, classes, _emit."""
-
-    def __init__(self, strategy, model_factory, clients, classes):
-        self.strategy, self.model_factory, self.train_clients = strategy, model_factory, clients
-        self.eval_clients, self.classes, self.eval_batch_size = clients, classes, 64
-        self.ended: list[str] = []
-
-    def _emit(self, hook, rnd, cid):
-        assert hook == "on_client_end"
-        self.ended.append(cid)
-
-
 def test_ray_workers_train_and_evaluate_like_the_serial_backend(synthetic_db, tmp_path, ray_local):
     import functools
 
     from pfl import config as cfgmod
-    from pfl.fl.evaluate import evaluate
+    from pfl.fl.evaluate import Evaluation, add_client, evaluate
     from pfl.fl.ray_backend import RayBackend
-    from pfl.fl.server import SerialBackend, ServerState
+    from pfl.fl.server import SerialBackend, Workload
     from pfl.fl.trainer import ClientTrainer
     from pfl.models import SmallCNN
     from pfl.run import load_federation
@@ -94,21 +81,24 @@ def test_ray_workers_train_and_evaluate_like_the_serial_backend(synthetic_db, tm
         weights = global_model.state_dict()
         states = {c.cid: {} for c in clients}
         backend = RayBackend(threads=1, workers=2)
-        remote = _StubServer(strategy, SmallCNN, clients, fed.classes)
-        got = list(backend.local_updates(remote, SmallCNN(), clients, weights, states, 1))
-        local = _StubServer(strategy, SmallCNN, clients, fed.classes)
-        want = list(SerialBackend().local_updates(local, SmallCNN(), clients, weights, states, 1))
+        # A backend gets the workload once and never sees a server.
+        workload = Workload(strategy, SmallCNN, {c.cid: c for c in clients}, len(fed.classes), 64)
+        backend.bind(workload)
+        got = list(backend.local_updates(SmallCNN(), clients, weights, states, 1, strategy.state_dict()))
+        serial = SerialBackend()
+        serial.bind(workload)
+        want = list(serial.local_updates(SmallCNN(), clients, weights, states, 1, strategy.state_dict()))
         # Updates come back in client order although the two workers finish in any order.
-        assert [u.cid for u in got] == [c.cid for c in clients] == remote.ended == local.ended
+        assert [u.cid for u in got] == [c.cid for c in clients] == [u.cid for u in want]
         for a, b in zip(got, want, strict=True):
             assert a.num_samples == b.num_samples and a.metrics == b.metrics
             assert all(torch.equal(a.weights[k], b.weights[k]) for k in b.weights)
         pids = ray_local.get([a.pid.remote() for a in backend.actors])
         assert len(set(pids)) == 2  # two processes shared the round
 
-        remote.ended.clear()
-        ev = backend.evaluate(remote, global_model, ServerState(1, weights, states), 1)
-        assert remote.ended == [c.cid for c in clients]
+        ev = Evaluation(fed.classes, list(clients))
+        for c, cms in zip(clients, backend.evaluate(weights, states, 1, ("val", "test"), clients), strict=True):
+            add_client(ev, c, cms)
 
         def personalize(model, client):
             return strategy.personalize(model, client, states[client.cid], 1)

@@ -278,7 +278,7 @@ def test_every_strategy_runs_and_reports_the_models_it_has(synthetic_db, tmp_pat
     exp = client.get_experiment_by_name("zoo").experiment_id
     (run,) = client.search_runs([exp])
     assert run.info.status == "FINISHED", run.data.tags.get("error")
-    assert "confusion" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "confusion_test.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # MLflow 3 keeps a logged model beside the run (runs:/<id>/model resolves to it).
     logged = client.search_logged_models([exp])
     assert [lm.source_run_id for lm in logged] == ([run.info.run_id] if strategy.has_global else [])

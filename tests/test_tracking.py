@@ -105,8 +105,7 @@ def test_run_logs_to_a_tracking_server_over_http(synthetic_db, tmp_path, mlflow_
     # Artifacts, through the server's artifact proxy.
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert ARTIFACTS <= names, ARTIFACTS - names
-    cms = {a.path for a in client.list_artifacts(run.info.run_id, "confusion")}
-    assert cms == {f"confusion/s0{i}.png" for i in range(1, 7)}
+    assert "confusion_test.png" in names  # every client's matrices in one figure
     local = Path(client.download_artifacts(run.info.run_id, "final_metrics.json", str(tmp_path / "dl")))
     assert json.loads(local.read_text()) == pytest.approx(result.metrics)
     csv = Path(client.download_artifacts(run.info.run_id, "final_clients.csv", str(tmp_path / "dl"))).read_text()

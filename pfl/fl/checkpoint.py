@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,41 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Who a run is, settled before any component is built: its config hash and partition
+    digest, where its checkpoints (and ledger) and its artifacts go, the MLflow run it logs to
+    (None with logger=none) and whether it continues a checkpoint."""
+
+    config_hash: str
+    fed_digest: str
+    checkpoint_dir: Path
+    run_dir: Path
+    run_id: str | None = None
+    resuming: bool = False
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / LAST
+
+
+LAST = "last.pt"
+
+
 class Checkpointer(Callback):
-    def __init__(self, directory: Path, config_hash: str, fed_digest: str, meta: dict[str, Any] | None = None):
-        self.directory, self.config_hash, self.fed_digest = Path(directory), config_hash, fed_digest
-        self.meta = meta or {}
-        self.resuming = False
-        self.ledger = None  # a pfl.ledger.Ledger: its chain head is saved with each checkpoint
+    """Saves the run's state after every round. `ledger` (a pfl.ledger.Ledger): its chain head is
+    saved with each checkpoint, so a resumed run extends the same chain."""
+
+    def __init__(self, run: RunContext, ledger=None, meta: dict[str, Any] | None = None):
+        self.run, self.ledger = run, ledger
+        self.directory, self.config_hash, self.fed_digest = run.checkpoint_dir, run.config_hash, run.fed_digest
+        self.resuming = run.resuming
+        # meta: what the checkpoint carried (a resumed run keeps it), with this run's MLflow id
+        self.meta = {**(meta or {}), **({"mlflow_run_id": run.run_id} if run.run_id else {})}
 
     @property
     def last(self) -> Path:
-        return self.directory / "last.pt"
+        return self.directory / LAST
 
     def on_run_start(self, server) -> None:
         # Temporary files of a run killed mid-write; last.pt itself is intact (write then rename).

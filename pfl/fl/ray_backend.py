@@ -130,15 +130,16 @@ class RayBackend(Backend):
             raise PflError(f"could not start or reach {where}: {str(e).splitlines()[0][:300]}") from None
         self.started_ray = True
 
-    def start(self, server) -> None:
-        """Start Ray (unless running) and the actors; called on the first round."""
+    def start(self) -> None:
+        """Start Ray (unless running) and the actors; called on the first task."""
         import gc
 
         ray = self.ray
         # A finished run's backend that only a reference cycle keeps alive still holds its
         # actors' CPUs; collecting it first lets the next job of a sequential sweep start its own.
         gc.collect()
-        clients = {c.cid: c for c in [*server.train_clients, *server.eval_clients]}
+        wl = self.workload
+        clients = wl.clients
         data = sum(s.x.element_size() * s.x.numel() for c in clients.values() for s in (c.train, c.val, c.test))
         self._init_ray(data)
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -149,7 +150,7 @@ class RayBackend(Backend):
         if self.threads * n > cpus:
             log.warning("ray: %d workers x %d threads exceed the cluster's %d CPUs; some wait", n, self.threads, cpus)
         actor = ray.remote(num_cpus=self.threads, num_gpus=self.gpus)(_Worker)
-        payload = ray.put((server.strategy, server.model_factory))
+        payload = ray.put((wl.strategy, wl.model_factory))
         self.actors = [actor.remote(payload, self.threads) for _ in range(n)]
         self._finalizer = weakref.finalize(self, _kill, list(self.actors))
         log.info("ray backend: %d workers x %d threads (cluster CPUs: %d)", n, self.threads, cpus)
@@ -195,38 +196,31 @@ class RayBackend(Backend):
                 yield done.pop(next_i)
                 next_i += 1
 
-    def local_updates(self, server, work: nn.Module, clients: Sequence[Client],
-                      global_weights: dict[str, torch.Tensor], states: dict[str, dict[str, Any]],
-                      rnd: int) -> Iterator[Update]:
+    def local_updates(self, work: nn.Module, clients: Sequence[Client], global_weights: dict[str, torch.Tensor],
+                      states: dict[str, dict[str, Any]], rnd: int, server_state: dict[str, Any]) -> Iterator[Update]:
         if not self.actors:
-            self.start(server)
+            self.start()
         weights = self.ray.put(global_weights)
-        server_state = self.ray.put(server.strategy.state_dict())
+        server_state = self.ray.put(server_state)
         calls = [functools.partial(_call_update, c.cid, self._ref(c), weights, states[c.cid], rnd, server_state)
                  for c in clients]
-        for c, update in zip(clients, self._in_order(calls, [len(c.train) for c in clients]), strict=True):
-            yield update
-            server._emit("on_client_end", rnd, c.cid)
+        yield from self._in_order(calls, [len(c.train) for c in clients])
 
-    def evaluate(self, server, global_model: nn.Module, state, rnd: int, splits=("val", "test")):
-        """The round's evaluation (personalization included), clients in parallel actors."""
-        from pfl.fl.evaluate import Evaluation, add_client
-
+    def evaluate(self, global_weights: dict[str, torch.Tensor], client_states: dict[str, dict[str, Any]], rnd: int,
+                 splits: Sequence[str], clients: Sequence[Client]) -> Iterator[dict]:
+        """Each client's confusion matrices (personalization included), in parallel actors, in
+        the order of `clients`."""
         if not self.actors:
-            self.start(server)
-        clients = server.eval_clients
-        weights = self.ray.put(global_model.state_dict())
-        personalizes = bool(server.strategy.evaluates_personal)
-        server_state = self.ray.put(server.strategy.state_dict())
+            self.start()
+        wl = self.workload
+        weights = self.ray.put(global_weights)
+        personalizes = bool(wl.strategy.evaluates_personal)
+        server_state = self.ray.put(wl.strategy.state_dict())
         calls = [functools.partial(_call_evaluate, c.cid, self._ref(c), weights,
-                                   state.client_states[c.cid] if personalizes else None, rnd, len(server.classes),
-                                   server.eval_batch_size, server_state, tuple(splits)) for c in clients]
+                                   client_states[c.cid] if personalizes else None, rnd, wl.n_classes,
+                                   wl.eval_batch_size, server_state, tuple(splits)) for c in clients]
         sizes = [len(c.train) * personalizes + len(c.val) + len(c.test) for c in clients]
-        ev = Evaluation(server.classes, list(clients))
-        for c, cms in zip(clients, self._in_order(calls, sizes), strict=True):
-            add_client(ev, c, cms)
-            server._emit("on_client_end", rnd, c.cid)
-        return ev
+        yield from self._in_order(calls, sizes)
 
 
 def _call_update(cid, ref, weights, state, rnd, server_state, actor):

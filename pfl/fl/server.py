@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from pfl.data.types import Client
 from pfl.errors import ConfigError, PflError
 from pfl.fl.batches import derive_seed
 from pfl.fl.callbacks import Callback, RoundInfo
-from pfl.fl.evaluate import Evaluation, all_finite, evaluate
+from pfl.fl.evaluate import Evaluation, add_client, all_finite, evaluate
 from pfl.strategies.base import Strategy, Update, snapshot
 
 log = logging.getLogger(__name__)
@@ -36,27 +37,49 @@ class DivergenceError(PflError):
     pass
 
 
-class Backend:
-    """Runs one round's local updates; results come back in the order of `clients`.
+@dataclass(frozen=True)
+class Workload:
+    """What a backend needs for the whole run, handed over once (`Backend.bind`): the strategy
+    replica its workers run, the model factory, every client that trains or is evaluated, and
+    the evaluation settings. A backend never sees the server."""
 
-    A backend may also define `evaluate(server, global_model, state, rnd) -> Evaluation` to run
-    the round's evaluation itself (pfl.fl.ray_backend does); otherwise the server evaluates.
+    strategy: Strategy
+    model_factory: Callable[[], nn.Module]
+    clients: dict[str, Client]
+    n_classes: int
+    eval_batch_size: int
+
+
+class Backend:
+    """Runs tasks and returns results: one round's local updates, in the order of `clients`.
+
+    A backend may also compute evaluations elsewhere (worker processes, Ray actors):
+    `evaluate(global_weights, client_states, rnd, splits, clients)` yields each client's
+    confusion matrices, personalization included (pfl.fl.ray_backend);
+    `personal_confusions(...)` the personalized models' and `global_confusions(...)` the global
+    model's (pfl.fl.workers). Where it defines none, the server evaluates in its own process.
     """
 
-    def local_updates(self, server: Server, work: nn.Module, clients: Sequence[Client],
-                      global_weights: dict[str, torch.Tensor], states: dict[str, dict[str, Any]],
-                      rnd: int) -> Iterator[Update]:
+    workload: Workload
+
+    def bind(self, workload: Workload) -> None:
+        self.workload = workload
+
+    def local_updates(self, work: nn.Module, clients: Sequence[Client], global_weights: dict[str, torch.Tensor],
+                      states: dict[str, dict[str, Any]], rnd: int, server_state: dict[str, Any]) -> Iterator[Update]:
         raise NotImplementedError
+
+    def close(self) -> None: ...
 
 
 class SerialBackend(Backend):
-    """One client after another in this process, reusing one working model."""
+    """One client after another in this process, reusing one working model (the strategy is
+    the server's own, so `server_state` is already in it)."""
 
-    def local_updates(self, server, work, clients, global_weights, states, rnd):
+    def local_updates(self, work, clients, global_weights, states, rnd, server_state):
         for c in clients:
             work.load_state_dict(global_weights)
-            yield server.strategy.local_update(work, c, states[c.cid], rnd)
-            server._emit("on_client_end", rnd, c.cid)
+            yield self.workload.strategy.local_update(work, c, states[c.cid], rnd)
 
 
 @dataclass
@@ -115,13 +138,20 @@ class Server:
                               f"(round({dropout} * {k}) = {int(round(dropout * k))} would drop them all)",
                               hint="Lower federation.dropout or raise federation.clients_per_round")
         self.callbacks = list(callbacks)
+        #: seconds each callback has spent in each hook ("MlflowTracker.on_run_end"): where a run's time goes
+        self.hook_seconds: defaultdict[str, float] = defaultdict(float)
         self.backend = backend or SerialBackend()
+        self.backend.bind(Workload(strategy, model_factory,
+                                   {c.cid: c for c in [*self.train_clients, *self.eval_clients]},
+                                   len(classes), eval_batch_size))
         for c in self.train_clients:
             strategy.check_client(c)
 
     def _emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:
+            t = time.perf_counter()
             getattr(cb, hook)(*args)
+            self.hook_seconds[f"{type(cb).__name__}.{hook}"] += time.perf_counter() - t
 
     def initial_state(self) -> ServerState:
         torch.manual_seed(derive_seed(self.seed, "init"))
@@ -162,8 +192,9 @@ class Server:
             before = state.global_weights
             updates: list[Update] = []
             diverged: list[str] = []
-            for c, upd in zip(clients, self.backend.local_updates(self, work, clients, before, state.client_states, rnd),
-                              strict=True):
+            results = self.backend.local_updates(work, clients, before, state.client_states, rnd,
+                                                 self.strategy.state_dict())
+            for c, upd in zip(clients, results, strict=True):
                 if not (np.isfinite(upd.metrics.get("train_loss", 0.0)) and all_finite(upd.weights)):
                     if self.on_divergence != "drop":
                         raise DivergenceError(
@@ -174,6 +205,7 @@ class Server:
                 else:
                     updates.append(upd)
                     state.client_states[c.cid] = upd.state
+                self._emit("on_client_end", rnd, c.cid)
             if not updates:
                 raise DivergenceError(f"round {rnd}: every client update diverged; nothing to aggregate")
             after = self.strategy.aggregate(before, updates)
@@ -211,19 +243,25 @@ class Server:
 
     def evaluate(self, global_model: nn.Module, scratch: nn.Module, state: ServerState, rnd: int,
                  splits: Sequence[str] = ("val", "test")) -> Evaluation:
-        parallel = getattr(self.backend, "evaluate", None)  # a backend may evaluate clients in parallel
-        if parallel is not None:
-            return parallel(self, global_model, state, rnd, splits)
+        weights = global_model.state_dict()
+        on_client = functools.partial(self._emit, "on_client_end", rnd)
+        remote = getattr(self.backend, "evaluate", None)  # a backend may evaluate clients in parallel
+        if remote is not None:
+            ev = Evaluation(self.classes, list(self.eval_clients))
+            results = remote(weights, state.client_states, rnd, tuple(splits), self.eval_clients)
+            for c, cms in zip(self.eval_clients, results, strict=True):
+                add_client(ev, c, cms)
+                on_client(c.cid)
+            return ev
         # A backend with workers may compute the global model's and the personalized models'
         # confusion matrices there.
         personal = getattr(self.backend, "personal_confusions", None)
         shared = getattr(self.backend, "global_confusions", None)
-        weights = global_model.state_dict()
         return evaluate(global_model, scratch, self.eval_clients, self.classes, self.personalizer(state, rnd),
-                        self.eval_batch_size, on_client=lambda cid: self._emit("on_client_end", rnd, cid),
-                        with_global=self.strategy.has_global,
-                        personal=personal and functools.partial(personal, self, weights, state, rnd, splits),
-                        shared=shared and functools.partial(shared, self, weights, splits), splits=splits)
+                        self.eval_batch_size, on_client=on_client, with_global=self.strategy.has_global,
+                        personal=personal and functools.partial(personal, weights, state.client_states, rnd,
+                                                                tuple(splits)),
+                        shared=shared and functools.partial(shared, weights, tuple(splits)), splits=splits)
 
     def personalizer(self, state: ServerState, rnd: int) -> Callable[[nn.Module, Client], nn.Module] | None:
         """The client's personalized model, or None where it is the global model."""

@@ -156,11 +156,12 @@ class ProcessBackend(Backend):
         self.conns: list = []
         self._finalizer = None
 
-    def start(self, server) -> None:
-        clients = {c.cid: c for c in [*server.train_clients, *server.eval_clients]}
-        n = max(1, min(self.workers, len(clients)))
+    def start(self) -> None:
+        """Fork the workers (on the first task: they inherit the workload as it is then)."""
+        wl = self.workload
+        n = max(1, min(self.workers, len(wl.clients)))
         ctx = mp.get_context("fork")
-        core = WorkerCore(server.strategy, server.model_factory, clients)
+        core = WorkerCore(wl.strategy, wl.model_factory, wl.clients)
         for _ in range(n):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_serve, args=(child, core, self.threads), daemon=True)
@@ -204,41 +205,38 @@ class ProcessBackend(Backend):
                 yield done.pop(next_i)
                 next_i += 1
 
-    def local_updates(self, server, work: nn.Module, clients: Sequence[Client],
-                      global_weights: dict[str, torch.Tensor], states: dict[str, dict[str, Any]],
-                      rnd: int) -> Iterator[Update]:
+    def local_updates(self, work: nn.Module, clients: Sequence[Client], global_weights: dict[str, torch.Tensor],
+                      states: dict[str, dict[str, Any]], rnd: int, server_state: dict[str, Any]) -> Iterator[Update]:
         if not self.procs:
-            self.start(server)
-        server_state = server.strategy.state_dict()
+            self.start()
         calls = [("update", c.cid, (global_weights, states[c.cid], rnd, server_state)) for c in clients]
-        for c, update in zip(clients, self._in_order(calls, [len(c.train) for c in clients]), strict=True):
-            yield update
-            server._emit("on_client_end", rnd, c.cid)
+        yield from self._in_order(calls, [len(c.train) for c in clients])
 
-    def personal_confusions(self, server, global_weights: dict[str, torch.Tensor], state, rnd: int,
-                            splits: Sequence[str], clients: Sequence[Client]) -> Iterator[dict]:
+    def personal_confusions(self, global_weights: dict[str, torch.Tensor], client_states: dict[str, dict[str, Any]],
+                            rnd: int, splits: Sequence[str], clients: Sequence[Client]) -> Iterator[dict]:
         """Each client's personalized-model confusion matrices, computed in the workers."""
         if not self.procs:
-            self.start(server)
-        server_state = server.strategy.state_dict()
-        calls = [("evaluate", c.cid, (global_weights, state.client_states[c.cid], rnd, len(server.classes),
-                                      server.eval_batch_size, server_state, False, tuple(splits))) for c in clients]
+            self.start()
+        wl = self.workload
+        server_state = wl.strategy.state_dict()
+        calls = [("evaluate", c.cid, (global_weights, client_states[c.cid], rnd, wl.n_classes, wl.eval_batch_size,
+                                      server_state, False, tuple(splits))) for c in clients]
         yield from self._in_order(calls, [len(c.train) + len(c.val) + len(c.test) for c in clients])
 
-    def global_confusions(self, server, global_weights: dict[str, torch.Tensor], splits: Sequence[str],
+    def global_confusions(self, global_weights: dict[str, torch.Tensor], splits: Sequence[str],
                           clients: Sequence[Client]) -> dict[str, dict]:
         """The global model's confusion matrices: the clients split into one share per worker,
         balanced by beats, each share one batched pass."""
         if not self.procs:
-            self.start(server)
+            self.start()
+        wl = self.workload
         shares: list[list[str]] = [[] for _ in self.conns]
         load = [0] * len(shares)
         for c in sorted(clients, key=lambda c: -(len(c.val) + len(c.test))):
             k = load.index(min(load))
             shares[k].append(c.cid)
             load[k] += len(c.val) + len(c.test)
-        calls = [("global_eval", None, (global_weights, share, len(server.classes), server.eval_batch_size,
-                                        tuple(splits)))
+        calls = [("global_eval", None, (global_weights, share, wl.n_classes, wl.eval_batch_size, tuple(splits)))
                  for share in shares if share]
         out: dict[str, dict] = {}
         for part in self._in_order(calls, [load[i] for i, share in enumerate(shares) if share]):

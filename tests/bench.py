@@ -1,9 +1,9 @@
 """`make bench`: where pfl spends its time, each figure beside its reference, in one run.
 
-    python -m pfl.bench                     # every section, real MIT-BIH data; writes BENCHMARKS.md
-    python -m pfl.bench --only overhead,ray --repeats 5
-    python -m pfl.bench --quick             # tiny synthetic smoke version (seconds)
-    python -m pfl.bench --list
+    python tests/bench.py                     # every section, real MIT-BIH data; writes BENCHMARKS.md
+    python tests/bench.py --only overhead,ray --repeats 5
+    python tests/bench.py --quick             # tiny synthetic smoke version (seconds)
+    python tests/bench.py --list
 
 Sections (run in this order; `--only` / `--skip` take their names):
   data       cold build of the beat cache for all records vs a warm load
@@ -41,10 +41,14 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from plain_loop import plain_federated, same_weights
+
+from pfl.fl.callbacks import Callback
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "@@PFL-BENCH@@"
@@ -127,13 +131,8 @@ def _synthetic_db(dest: Path) -> Path:
     """The 6-record synthetic database of the test suite (tests/synth.py), for --quick."""
     if (dest / "RECORDS").is_file():
         return dest
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        import synth
-    except ImportError as e:
-        raise SystemExit(f"--quick without --data-dir needs tests/synth.py from the repository: {e}") from None
-    finally:
-        sys.path.pop(0)
+    import synth  # beside this file: tests/ is the script's directory, on sys.path
+
     return synth.write_synthetic_db(dest)
 
 
@@ -150,38 +149,52 @@ def compose_cfg(overrides: Sequence[str]):
         return compose("config", overrides=expand(list(overrides)))
 
 
-class Recorder:
-    """Timestamps of the server's hooks and the time each callback spends in each hook."""
+class Recorder(Callback):
+    """Timestamps of the server's hooks, as an observer callback (first in the list); the time
+    each other callback spends in each hook comes from the server's own `hook_seconds`."""
 
     def __init__(self):
-        self.callback_s: dict[str, float] = defaultdict(float)
         self.rounds: list[dict[str, Any]] = []
         self.run_start: float | None = None
-        self.run_end: float | None = None
+        self.server = None
+        self._mark = 0.0
 
-    def emit(self, server, hook: str, *args) -> None:
-        t = time.perf_counter()
-        if hook == "on_round_start":
-            self.rounds.append({"rnd": args[0], "start": t, "n_train": len(args[1]), "client_ends": []})
-        elif hook == "on_client_end" and self.rounds:
-            self.rounds[-1]["client_ends"].append(t)
-        elif hook == "on_run_start":
-            self.run_start = t
-        for cb in server.callbacks:
-            t1 = time.perf_counter()
-            getattr(cb, hook)(*args)
-            self.callback_s[f"{type(cb).__name__}.{hook}"] += time.perf_counter() - t1
-        t2 = time.perf_counter()
-        if hook == "on_round_end":
+    @property
+    def callback_s(self) -> dict[str, float]:
+        hooks = self.server.hook_seconds if self.server is not None else {}
+        return {k: v for k, v in hooks.items() if not k.startswith(type(self).__name__ + ".")}
+
+    def _round_end_s(self) -> float:
+        return sum(v for k, v in self.callback_s.items() if k.endswith(".on_round_end"))
+
+    def _close(self) -> None:
+        """The previous round's end, once the callbacks after this one have run its on_round_end."""
+        if self.rounds and "end" in self.rounds[-1] and "cb_end" not in self.rounds[-1]:
             r = self.rounds[-1]
-            r.update(end=t, cb_end=t2, rss_mb=rss_mb(), server_seconds=args[0].seconds)
-        elif hook == "on_run_end":
-            self.run_end = t2
+            r["cb_end"] = r["end"] + self._round_end_s() - self._mark
+
+    def on_run_start(self, server) -> None:
+        self.server, self.run_start = server, time.perf_counter()
+
+    def on_round_start(self, rnd: int, cids: list[str]) -> None:
+        self._close()
+        self.rounds.append({"rnd": rnd, "start": time.perf_counter(), "n_train": len(cids), "client_ends": []})
+
+    def on_client_end(self, rnd: int, cid: str) -> None:
+        if self.rounds:
+            self.rounds[-1]["client_ends"].append(time.perf_counter())
+
+    def on_round_end(self, info) -> None:
+        self.rounds[-1].update(end=time.perf_counter(), rss_mb=rss_mb(), server_seconds=info.seconds)
+        self._mark = self._round_end_s()
+
+    def on_run_end(self, result) -> None:
+        self._close()
 
     def round_rows(self) -> list[dict[str, float]]:
         rows = []
         for r in self.rounds:
-            if "end" not in r:
+            if "cb_end" not in r:
                 continue
             ends = r["client_ends"]
             train_end = ends[r["n_train"] - 1] if len(ends) >= r["n_train"] else r["end"]
@@ -189,19 +202,6 @@ class Recorder:
                          "eval_s": r["end"] - train_end, "callbacks_s": r["cb_end"] - r["end"],
                          "rss_mb": r["rss_mb"], "clients": r["n_train"]})
         return rows
-
-
-@contextlib.contextmanager
-def instrument() -> Iterator[Recorder]:
-    from pfl.fl import server as srv
-
-    rec = Recorder()
-    original = srv.Server._emit
-    srv.Server._emit = lambda self, hook, *args: rec.emit(self, hook, *args)
-    try:
-        yield rec
-    finally:
-        srv.Server._emit = original
 
 
 _ROOTS = iter(range(10 ** 9))
@@ -234,10 +234,10 @@ def run_pfl(overrides: Sequence[str]) -> dict[str, Any]:
     from pfl.run import train
 
     cfg = compose_cfg(overrides)
-    with instrument() as rec:
-        t0 = time.perf_counter()
-        result = train(cfg, console=Console(file=io.StringIO()))
-        t1 = time.perf_counter()
+    rec = Recorder()
+    t0 = time.perf_counter()
+    result = train(cfg, console=Console(file=io.StringIO()), callbacks=[rec])
+    t1 = time.perf_counter()
     rows = rec.round_rows()
     last = rec.rounds[-1]["cb_end"] if rec.rounds else t0
     return {
@@ -285,7 +285,7 @@ def run_worker(overrides: Sequence[str], opts: Opts, metrics: Sequence[str] = ()
         out = json.loads(json.dumps(_worker(json.loads(spec)), default=float))
         out["process_wall_s"] = time.perf_counter() - t0
         return out
-    proc = subprocess.run([sys.executable, "-m", "pfl.bench", "--worker", spec], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", spec], capture_output=True, text=True,
                           timeout=opts.timeout, cwd=str(REPO))
     wall = time.perf_counter() - t0
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)), None)
@@ -299,127 +299,6 @@ def run_worker(overrides: Sequence[str], opts: Opts, metrics: Sequence[str] = ()
 def per_round(out: dict[str, Any], key: str = "wall_s", skip_first: bool = False) -> float:
     rows = out["rounds"][1:] if skip_first and len(out["rounds"]) > 1 else out["rounds"]
     return median([r[key] for r in rows])
-
-
-# --------------------------------------------------------------------------- the plain loop
-
-
-@dataclass
-class PlainResult:
-    weights: dict[str, Any]
-    cms: dict[tuple[str, str], Any]  # (cid, split) -> confusion matrix (torch int64)
-    train_loss: list[float]
-    total_s: float = 0.0
-    setup_s: float = 0.0
-    rounds: list[dict[str, float]] = field(default_factory=list)
-
-    def scores(self) -> dict[str, float]:
-        """client.<cid>.<split>.global.<acc|f1>, read off the confusion matrices."""
-        import numpy as np
-
-        out = {}
-        for (cid, split), cm in self.cms.items():
-            cm = cm.numpy().astype(np.float64)
-            if cm.sum() == 0:
-                continue
-            tp = np.diag(cm)
-            fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-            seen = (cm.sum(1) + cm.sum(0)) > 0  # classes in labels or predictions (sklearn's macro)
-            f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
-            out[f"client.{cid}.{split}.global.acc"] = float(tp.sum() / cm.sum())
-            out[f"client.{cid}.{split}.global.f1"] = float(f1[seen].mean())
-        return out
-
-
-def plain_federated(cfg) -> PlainResult:
-    """FedAvg (strategy=none) as a minimal PyTorch loop: the compute floor pfl is measured against.
-
-    Same data pipeline, model, seeds, batches (BatchLoader), optimizer, epochs, aggregation and
-    evaluation as pfl's server with SerialBackend; no Lightning, callbacks, tracking or
-    checkpoints. With the same thread count it reproduces pfl's weights bit for bit.
-    """
-    import hydra
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from pfl import config as cfgmod
-    from pfl.data.partitions import build_federation
-    from pfl.data.sources import load_beats
-    from pfl.fl.batches import BatchLoader, derive_seed
-    from pfl.metrics import chunks  # the same rows per inference batch: see pfl.metrics.MIN_CHUNK
-
-    t0 = time.perf_counter()
-    cfgmod.prepare(cfg)
-    if cfg.strategy.name != "none" or cfg.mode != "federated":
-        raise ValueError("the plain loop implements federated FedAvg (strategy=none) only")
-    f = cfg.federation
-    if f.clients_per_round is not None or f.dropout:
-        raise ValueError("the plain loop trains every client every round")
-    torch.set_num_threads(cfg.trainer.get("threads") or os.cpu_count() or 1)
-    torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic))
-    fed = build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
-    clients, seed, n_cls = fed.training_clients, int(cfg.seed), len(fed.classes)
-    optimizer = hydra.utils.instantiate(f.optimizer)
-    torch.manual_seed(derive_seed(seed, "init"))
-    model = hydra.utils.instantiate(cfg.model)
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    work = hydra.utils.instantiate(cfg.model)
-    setup = time.perf_counter() - t0
-    losses, rows, cms = [], [], {}
-    for rnd in range(1, f.rounds + 1):
-        t_round = time.perf_counter()
-        updates = []
-        for c in clients:
-            work.load_state_dict(weights)
-            torch.manual_seed(derive_seed(seed, rnd, c.cid, "local", "torch"))
-            opt = optimizer(work.parameters())
-            loader = BatchLoader(c.train, f.batch_size, seed=derive_seed(seed, rnd, c.cid, "local", "batches"))
-            work.train()
-            loss_sum, seen = torch.zeros(()), 0
-            for _ in range(f.local_epochs):
-                for x, y in loader:
-                    loss = F.cross_entropy(work(x), y)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    loss_sum = loss_sum + loss.detach() * len(y)
-                    seen += len(y)
-            updates.append(({k: v.detach().clone() for k, v in work.state_dict().items()}, len(c.train),
-                            float(loss_sum / max(seen, 1))))
-        total = float(sum(n for _, n, _ in updates))
-        new = {}
-        for k, first in updates[0][0].items():
-            if not torch.is_floating_point(first):
-                new[k] = first.clone()
-                continue
-            acc = torch.zeros_like(first, dtype=torch.float64)
-            for w, n, _ in updates:
-                acc += w[k].to(torch.float64) * (n / total)
-            new[k] = acc.to(first.dtype)
-        weights = new
-        losses.append(float(np.average([u[2] for u in updates], weights=[u[1] for u in updates])))
-        t_eval = time.perf_counter()
-        if rnd % f.eval_every == 0 or rnd == f.rounds:
-            model.load_state_dict(weights)
-            model.eval()
-            with torch.inference_mode():
-                for c in fed.clients:
-                    for split in ("val", "test"):
-                        sp = c.split(split)
-                        pred = torch.cat([model(sp.x[s]).argmax(1) for s in chunks(len(sp), f.eval_batch_size)]
-                                         or [torch.zeros(0).long()])
-                        cms[(c.cid, split)] = torch.bincount(sp.y * n_cls + pred, minlength=n_cls * n_cls
-                                                             ).reshape(n_cls, n_cls)
-        t_end = time.perf_counter()
-        rows.append({"round": rnd, "wall_s": t_end - t_round, "train_s": t_eval - t_round, "eval_s": t_end - t_eval})
-    return PlainResult(weights, cms, losses, time.perf_counter() - t0, setup, rows)
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    import torch
-
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --------------------------------------------------------------------------- sections
@@ -1137,7 +1016,7 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Generated by `make bench` (`python -m pfl.bench{' --quick' if res.get('quick') else ''}`); the last "
+        f"Generated by `make bench` (`python tests/bench.py{' --quick' if res.get('quick') else ''}`); the last "
         f"invocation ({', '.join(res.get('ran', [])) or 'all sections'}) ended {res['finished']} after "
         f"{res['wall_s'] / 60:.1f} min; each section's date is in the table at the end. Medians of "
         f"{res['repeats']} repeats unless stated. Regenerate with `make bench`; one section with "
@@ -1450,7 +1329,7 @@ def _md_threads(o: dict[str, Any]) -> list[str]:
 
 
 def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m pfl.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python tests/bench.py", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny synthetic settings: a smoke test of every code path")
     p.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out")
