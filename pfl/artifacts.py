@@ -8,10 +8,14 @@ same files an MLflow run has.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import shutil
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,9 +40,9 @@ def run_directory(cfg: DictConfig, config_hash: str) -> Path:
 
 
 class ArtifactWriter(Callback):
-    """Writes the run's artifacts into `directory` at the end of the run, in a background
-    thread that the run joins before it ends (the MLflow tracker uploads them after the join,
-    then marks the run FINISHED).
+    """Writes the run's artifacts into `directory` at the end of the run; the figures are drawn
+    in a child process that the run joins before it ends (the MLflow tracker logs its model
+    meanwhile, uploads the directory after the join, then marks the run FINISHED).
 
     `fed_stats`: the partition's statistics (pfl.data.stats); `extra`: files copied beside the
     artifacts (the provenance ledger). `history` (optional) gives the learning curves' points
@@ -52,8 +56,7 @@ class ArtifactWriter(Callback):
         self.history: Callable[[Any], list[dict[str, float]]] | None = None
         self.written: Path | None = None
         self.rows: list[dict[str, Any]] = []
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._figures: _Figures | None = None
         self._warm: threading.Thread | None = None
 
     def write(self, result) -> Path:
@@ -62,55 +65,41 @@ class ArtifactWriter(Callback):
         return self.join()
 
     def start(self, result) -> None:
-        """Begin writing in a background thread, so the caller can do other end-of-run work
-        (the MLflow tracker logs its model meanwhile); `join` waits for it. The tables are made
-        here, before the thread starts: the caller may read `rows` at once."""
-        if self._thread is not None or self.written is not None:
+        """Write the tables, metrics, config and weights now, and start drawing the figures in
+        a child process (`_Figures`), so the caller's other end-of-run work (the MLflow tracker
+        logs its model) runs beside them on another core; `join` waits for them."""
+        if self._figures is not None or self.written is not None:
             return
+        d = self.directory
+        d.mkdir(parents=True, exist_ok=True)
         self.rows = result.evaluation.table("test")
-        # OmegaConf is not made for threads: the config is resolved here, in the run's thread.
-        self._config_yaml = OmegaConf.to_yaml(self.cfg, resolve=True)
-        self._log_model = bool(self.cfg.logger.get("log_model", True))
+        (d / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        (d / "final_clients.csv").write_text(tables.to_csv(self.rows))
+        (d / "final_clients.md").write_text(tables.to_markdown(self.rows))
+        (d / "final_metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
+        (d / "history.json").write_text(json.dumps(result.history, indent=1, default=float))
+        if self.fed_stats is not None:
+            (d / "partition_stats.json").write_text(json.dumps(self.fed_stats, indent=1, default=float))
+        if self.cfg.logger.get("log_model", True):
+            torch.save(result.global_weights, d / "global_model.pt")
         history = self.history(result) if self.history is not None else result.history
-        self._thread = threading.Thread(target=self._write, args=(result, history), name="pfl-artifacts",
-                                        daemon=True)
-        self._thread.start()
+        if self._warm is not None:  # no import may be under way in another thread when we fork
+            self._warm.join()
+        self._figures = _Figures(functools.partial(_draw, result.evaluation, history, d))
 
     def join(self) -> Path:
-        """Wait for the writer; its error, if any, is raised here."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise err
-        if self.written is None:
+        """Wait for the figures (their error, if any, is raised here); copy the extra files."""
+        if self.written is not None:
+            return self.written
+        if self._figures is None:
             raise RuntimeError("ArtifactWriter.join before start")
+        figures, self._figures = self._figures, None
+        figures.wait()
+        for extra in self.extra:
+            if Path(extra).exists():
+                shutil.copy(extra, self.directory / Path(extra).name)
+        self.written = self.directory
         return self.written
-
-    def _write(self, result, history: list[dict[str, float]]) -> None:
-        try:
-            from pfl import plots
-
-            d = self.directory
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "config.yaml").write_text(self._config_yaml)
-            (d / "final_clients.csv").write_text(tables.to_csv(self.rows))
-            (d / "final_clients.md").write_text(tables.to_markdown(self.rows))
-            (d / "final_metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
-            (d / "history.json").write_text(json.dumps(result.history, indent=1, default=float))
-            if self.fed_stats is not None:
-                (d / "partition_stats.json").write_text(json.dumps(self.fed_stats, indent=1, default=float))
-            if self._log_model:
-                torch.save(result.global_weights, d / "global_model.pt")
-            plots.confusion_grid(result.evaluation, d / "confusion_test.png")
-            plots.learning_curves(history, d / "learning_curves.png")
-            for extra in self.extra:
-                if Path(extra).exists():
-                    shutil.copy(extra, d / Path(extra).name)
-            self.written = d
-        except BaseException as e:  # noqa: BLE001 - handed to join(), in the run's thread
-            self._error = e
 
     def on_round_end(self, info) -> None:
         self.prewarm()
@@ -127,6 +116,56 @@ class ArtifactWriter(Callback):
     def on_run_end(self, result) -> None:
         d = self.write(result)
         log.info("run artifacts in %s", d)
+
+
+def _draw(ev, history: list[dict[str, float]], d: Path) -> None:
+    from pfl import plots
+
+    plots.confusion_grid(ev, d / "confusion_test.png")
+    plots.learning_curves(history, d / "learning_curves.png")
+
+
+class _Figures:
+    """Figures drawn in a forked child process. Matplotlib holds the GIL while it draws, so a
+    thread would only take turns with the run's own end-of-run work; a child draws on another
+    core. Drawn at once, in this process, where fork is missing or unsafe (Windows; a process
+    that runs Ray's driver, whose threads a fork would strand)."""
+
+    def __init__(self, draw: Callable[[], None]):
+        self.pid: int | None = None
+        if not hasattr(os, "fork") or _ray_running():
+            draw()
+            return
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: draw, report, leave without running the parent's exit handlers
+            os.close(r)
+            code = 0
+            try:
+                draw()
+            except BaseException:  # noqa: BLE001 - reported to the parent through the pipe
+                os.write(w, traceback.format_exc()[-8000:].encode())
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid, self._read = pid, r
+
+    def wait(self) -> None:
+        if self.pid is None:
+            return
+        with os.fdopen(self._read, "rb") as fh:
+            why = fh.read().decode(errors="replace")
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"drawing the run's figures failed (exit {code}): {why or 'no message'}")
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
 
 
 def _import_plots() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from pfl.atomic import atomic_write
+from pfl.background import InOrder
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
 
@@ -87,8 +88,12 @@ class Ledger(Callback):
     """
 
     def __init__(self, path: Path, config_hash: str, partition_digest: str, resume_round: int = 0,
-                 resume_weights: Mapping[str, torch.Tensor] | None = None, source: Path | None = None):
+                 resume_weights: Mapping[str, torch.Tensor] | None = None, source: Path | None = None,
+                 writer: InOrder | None = None):
         self.path, self.config_hash, self.partition_digest = Path(path), config_hash, partition_digest
+        #: where the entries are appended and fsynced, off the round's critical path (shared with
+        #: the checkpointer, in order: a checkpoint never lands before its round's entry); None: at once
+        self.writer = writer
         self.resume_round = resume_round
         self.kept: list[dict] = []
         if resume_round:
@@ -135,15 +140,25 @@ class Ledger(Callback):
             "prev": self.prev,
         }
         entry["hash"] = entry_hash(entry)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        if self.writer is None:
+            _append(self.path, line)
+        else:
+            self.writer.submit(_append, self.path, line)
         self.prev = entry["hash"]
 
     def on_run_end(self, result) -> None:
+        if self.writer is not None:  # every entry on disk before the final model joins them
+            self.writer.close()
         # Beside the ledger, so the checkpoint directory alone proves what the final model is.
         atomic_write(self.path.parent / FINAL, lambda fh: torch.save(result.global_weights, fh))
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 # --------------------------------------------------------------------------- verification

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from pfl import config as cfgmod
 from pfl import tables
+from pfl.background import InOrder
 from pfl.data.types import Client, Federation, Split
 from pfl.errors import ConfigError
 from pfl.fl.callbacks import Callback
@@ -177,9 +178,10 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
     from pfl.ledger import Ledger
 
     # The ledger sits beside the checkpoints so a resumed run extends the same chain.
+    durable = InOrder("pfl-durable")  # the ledger's entries, then the round's checkpoint, in order
     ledger = Ledger(ckpt_dir / "ledger.jsonl", chash, digest, resume_round=state.rnd if state else 0,
                     resume_weights=state.global_weights if state else None,
-                    source=path.parent / "ledger.jsonl" if state else None)
+                    source=path.parent / "ledger.jsonl" if state else None, writer=durable)
     artifacts = ArtifactWriter(cfg, run_directory(cfg, chash), _jsonable(federation_stats(fed)), [ledger.path])
     tracker = None
     if cfg.logger.get("enabled", False):
@@ -194,7 +196,7 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
     # continues its own), the directories and the ledger's chain.
     run = RunContext(chash, digest, ckpt_dir, artifacts.directory,
                      run_id=tracker.start(meta.get("mlflow_run_id")) if tracker else None, resuming=state is not None)
-    ckpt = Checkpointer(run, ledger, meta)
+    ckpt = Checkpointer(run, ledger, meta, writer=durable)
     # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks.
     callbacks += [ledger, ckpt]
     try:  # from here on an error must end the MLflow run as FAILED, not leave it RUNNING

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pfl.background import InOrder
 from pfl.config import flatten
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
@@ -217,6 +218,8 @@ class MlflowTracker(Callback):
         self.resumed = False
         self._prev_sigterm = None
         self._warm: threading.Thread | None = None
+        #: the per-round MLflow calls, in order, off the round's critical path
+        self._queue = InOrder("pfl-mlflow")
 
     def _experiment_id(self) -> str:
         return experiment_id(self.client, self.cfg, self.uri)
@@ -295,11 +298,11 @@ class MlflowTracker(Callback):
         metrics["clients.participating"] = len(info.updates)
         metrics["clients.dropped"] = len(info.dropped)
         metrics["clients.diverged"] = len(info.diverged)
-        self.log_metrics(metrics, step=info.rnd)
+        self._queue.submit(self.log_metrics, metrics, info.rnd)
         if info.dropped or info.diverged:
-            _retry(self.client.log_text, self.run_id,
-                   json.dumps({"dropped": info.dropped, "diverged": info.diverged}),
-                   f"rounds/round_{info.rnd:04d}_clients.json")
+            self._queue.submit(_retry, self.client.log_text, self.run_id,
+                               json.dumps({"dropped": info.dropped, "diverged": info.diverged}),
+                               f"rounds/round_{info.rnd:04d}_clients.json")
 
     def _history(self, result) -> list[dict[str, float]]:
         """The learning curves' points: a resumed run's result holds only the rounds after the
@@ -315,8 +318,11 @@ class MlflowTracker(Callback):
         return [rounds[r] for r in sorted(rounds)] or result.history
 
     def on_run_end(self, result) -> None:
-        # The same files a logger=none run leaves in its run directory, written in the writer's
-        # thread while this one logs the model, then uploaded from there.
+        self._queue.close()  # every round's metrics are in the store (a resumed run's curves read them)
+        if self._warm is not None:  # no import under way in another thread when the writer forks
+            self._warm.join()
+        # The same files a logger=none run leaves in its run directory, the figures drawn in the
+        # writer's child process while this one logs the model, then uploaded from there.
         self.artifacts.history = self._history
         self.artifacts.start(result)
         try:
@@ -390,6 +396,10 @@ class MlflowTracker(Callback):
 
     def on_exception(self, exc: BaseException) -> None:
         self._release_sigterm()
+        try:  # the rounds logged so far stay in the store
+            self._queue.close(timeout=PROBE_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - the run's own error is the one to report
+            log.error("MLflow: metrics of the last rounds not logged: %s", _first_line(e))
         if self.run_id is None:
             return
         # Ctrl-C reaches us as SystemExit when it lands inside a Lightning fit.

@@ -53,3 +53,49 @@ def test_logger_none_writes_what_an_mlflow_run_uploads(synthetic_db, tmp_path):
         if name == "history.json":  # wall-clock seconds per round differ, nothing else
             a, b = ([{k: v for k, v in r.items() if k != "round_seconds"} for r in json.loads(x)] for x in (a, b))
         assert a == b, name
+
+
+def test_a_figure_that_fails_fails_the_run_with_its_error(synthetic_db, tmp_path, monkeypatch):
+    """The figures are drawn in a child process; its error reaches the run, which fails."""
+    import pytest
+
+    from pfl import plots
+
+    def broken(history, path):
+        raise ValueError("no curves today")
+
+    monkeypatch.setattr(plots, "learning_curves", broken)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="no curves today"):
+            train(make_cfg(synthetic_db, tmp_path, "logger=none", "federation.rounds=1"))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_in_order_runs_calls_in_order_and_raises_the_first_error():
+    import threading
+
+    import pytest
+
+    from pfl.background import InOrder
+
+    q, seen, main = InOrder("t"), [], threading.get_ident()
+    for i in range(50):
+        q.submit(lambda i=i: seen.append((i, threading.get_ident())))
+    q.close()
+    assert [i for i, _ in seen] == list(range(50))
+    assert {t for _, t in seen} != {main}  # ran in the background thread
+
+    def fail(msg):
+        raise OSError(msg)
+
+    gate = threading.Event()
+    q.submit(gate.wait)  # both calls below are queued before the first of them runs
+    q.submit(fail, "disk full")
+    q.submit(seen.append, "after")  # not run: an earlier call failed
+    gate.set()
+    with pytest.raises(OSError, match="disk full"):
+        q.close()
+    assert seen[-1] != "after"
+    q.close()  # the error is reported once

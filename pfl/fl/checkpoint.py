@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,16 +10,11 @@ from typing import Any
 import torch
 
 from pfl.atomic import atomic_write
+from pfl.background import InOrder
 from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
 from pfl.fl.server import ServerState
 from pfl.ledger import load_error
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """A crash mid-write leaves the previous file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 @dataclass(frozen=True)
@@ -46,8 +42,12 @@ class Checkpointer(Callback):
     """Saves the run's state after every round. `ledger` (a pfl.ledger.Ledger): its chain head is
     saved with each checkpoint, so a resumed run extends the same chain."""
 
-    def __init__(self, run: RunContext, ledger=None, meta: dict[str, Any] | None = None):
+    def __init__(self, run: RunContext, ledger=None, meta: dict[str, Any] | None = None,
+                 writer: InOrder | None = None):
         self.run, self.ledger = run, ledger
+        #: writes and fsyncs the serialized checkpoint off the round's critical path (the ledger's
+        #: queue, so the order ledger entry, checkpoint holds); None: at once
+        self.writer = writer
         self.directory, self.config_hash, self.fed_digest = run.checkpoint_dir, run.config_hash, run.fed_digest
         self.resuming = run.resuming
         # meta: what the checkpoint carried (a resumed run keeps it), with this run's MLflow id
@@ -65,7 +65,10 @@ class Checkpointer(Callback):
             self.last.unlink(missing_ok=True)
 
     def on_round_end(self, info: RoundInfo) -> None:
-        atomic_save({
+        # Serialized now: the client states are the server's live objects, which the next round
+        # changes; only the write and its fsync wait in the queue.
+        buf = io.BytesIO()
+        torch.save({
             "round": info.rnd,
             "global": info.global_after,
             "client_states": info.client_states,
@@ -75,7 +78,26 @@ class Checkpointer(Callback):
             "fed_digest": self.fed_digest,
             "ledger_head": getattr(self.ledger, "prev", None),
             "meta": self.meta,
-        }, self.last)
+        }, buf)
+        data = buf.getvalue()
+        if self.writer is None:
+            _write_bytes(self.last, data)
+        else:
+            self.writer.submit(_write_bytes, self.last, data)
+
+    def on_run_end(self, result) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def on_exception(self, exc: BaseException) -> None:
+        """The rounds finished before the error are on disk, so the run resumes after them."""
+        if self.writer is not None:
+            self.writer.close(timeout=60)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[ServerState, dict[str, Any]]:
