@@ -610,6 +610,7 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
             for k, v in r["callbacks_s"].items():
                 cb[k].append(v)
         out[label] = {
+            "kind": "hospitals",
             "overrides": common, "rounds": rounds, "identical": identical, "first_run_s": first_run,
             "pfl_total_s": [r["total_s"] for r in pfl_runs], "plain_total_s": [r["total_s"] for r in plain_runs],
             "pfl_total_median_s": pt, "plain_total_median_s": qt, "ratio_total": pt / qt,
@@ -625,15 +626,51 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
             "plain_eval_median_s": median([sum(x["eval_s"] for x in r["rounds"]) for r in plain_runs]),
             "callbacks_median_s": {k: median(v) for k, v in cb.items()},
         }
+    out["per-patient round"] = _patient_round(opts)
     return out
+
+
+#: issue 14's targets: pfl's time over the plain loop's
+OVERHEAD_TARGETS = {"ratio_total": 1.05, "ratio_rounds": 1.02}
+PATIENT_ROUND_TARGET = 1.10
+
+
+def _patient_round(opts: Opts) -> dict[str, Any]:
+    """One FedAvg round of the per-patient federation (44 clients, the reference CNN-LSTM, 5 local
+    epochs) in pfl and in the plain loop: the round's training and evaluation, setup excluded."""
+    root = fresh_root(opts, "patient-round")
+    if opts.quick:
+        common = opts.ref + opts.base(root) + ["strategy=none", "federation.rounds=1"]
+    else:
+        common = ["experiment=patient_specific", *opts.base(root), "strategy=none", "federation.rounds=1",
+                  "federation.local_epochs=5"]
+    p = run_pfl(common + [f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
+    q = plain_federated(compose_cfg(common))
+    same = same_weights(p["weights"], q.weights)
+    (pr,), (qr,) = p["rounds"], q.rounds
+    clients = pr["clients"]
+    log(f"overhead [per-patient round, {clients} clients]: pfl {pr['wall_s']:.1f}s plain {qr['wall_s']:.1f}s "
+        f"(identical: {same})")
+    return {"kind": "patient", "overrides": common, "clients": clients, "identical": same,
+            "pfl_round_s": pr["wall_s"], "plain_round_s": qr["wall_s"], "ratio_round": pr["wall_s"] / qr["wall_s"],
+            "pfl_train_s": pr["train_s"], "plain_train_s": qr["train_s"],
+            "pfl_eval_s": pr["eval_s"] + pr["callbacks_s"], "plain_eval_s": qr["eval_s"],
+            "beats_evaluated": int(sum(len(c.val) + len(c.test) for c in _federation(common).clients))}
+
+
+def _federation(overrides: Sequence[str]):
+    from pfl import config as cfgmod
+    from pfl.run import load_federation
+
+    return load_federation(cfgmod.prepare(compose_cfg(overrides)))
 
 
 # --------------------------------------------------------------------------- the fast path
 
 #: each lever alone, then all together (trainer=fast); pfl runs with MLflow, like a study's
 FAST_LEVERS = {
-    "exact (default: Trainer per fit, all cores)": [],
-    "fabric engine": ["trainer.engine=fabric"],
+    "Trainer per fit (trainer.engine=trainer), all cores": ["trainer.engine=trainer"],
+    "exact (default: Fabric engine, all cores)": [],
     "torch.compile (fabric, inductor)": ["trainer.engine=fabric", "trainer.compile=true"],
     "bf16 autocast (fabric)": ["trainer.engine=fabric", "trainer.precision=bf16-mixed"],
     "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1"],
@@ -1095,8 +1132,13 @@ def _md_summary(s: dict[str, Any]) -> list[str]:
     rows = []
     if "overhead" in s:
         for label, r in s["overhead"]["result"].items():
-            rows.append((f"framework overhead, {label}", "<= 1.10x", f"{r['ratio_total']:.3f}x whole run, "
-                         f"{r['ratio_rounds']:.3f}x rounds only", r["ratio_total"] <= 1.10))
+            if r.get("kind") == "patient":
+                rows.append((f"framework overhead, {label} ({r['clients']} clients)", f"<= {PATIENT_ROUND_TARGET:.2f}x",
+                             f"{r['ratio_round']:.3f}x", r["ratio_round"] <= PATIENT_ROUND_TARGET))
+                continue
+            for key, what in (("ratio_total", "whole run"), ("ratio_rounds", "rounds only")):
+                rows.append((f"framework overhead, {label}, {what} ({r['rounds']} rounds)",
+                             f"<= {OVERHEAD_TARGETS[key]:.2f}x", f"{r[key]:.3f}x", r[key] <= OVERHEAD_TARGETS[key]))
     if "fast" in s:
         o = s["fast"]["result"]
         for label, r in o["levers"].items():
@@ -1136,23 +1178,33 @@ def _md_summary(s: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def _met(ratio: float, target: float) -> str:
+    return f"{ratio:.3f}x (target ≤ {target:.2f}x: {'met' if ratio <= target else 'NOT met'})"
+
+
 def _md_overhead(o: dict[str, Any]) -> list[str]:
+    runs = {k: r for k, r in o.items() if r.get("kind", "hospitals") == "hospitals"}
     out = ["## 1. Framework overhead: pfl vs a plain PyTorch loop", "",
            "Same process, same data, model, seeds, batches (`BatchLoader`), optimizer, epochs, FedAvg and "
-           "evaluation; runs interleaved. pfl = `pfl.run.train`: Lightning client training, server loop, "
-           "evaluation, MLflow (SQLite store in a temp dir), ledger and checkpoints (progress display off). "
-           "Target: at most 1.10x.", "",
-           "| model | rounds | pfl total s | plain total s | ratio | ratio of fastest runs | pfl rounds s "
-           "| plain rounds s | ratio (rounds) | pfl setup / end s | plain setup s | same weights and metrics |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for label, r in o.items():
+           "evaluation; runs interleaved. pfl = `pfl.run.train` with its defaults: Lightning Fabric client "
+           "training, server loop, batched evaluation, MLflow (SQLite store in a temp dir; per-round metrics from "
+           "a background thread), ledger and checkpoints (written and fsynced in a background queue), run "
+           "artifacts (figures drawn in a child process while the model is logged); progress display off. "
+           f"Targets (issue 14): whole run ≤ {OVERHEAD_TARGETS['ratio_total']:.2f}x, rounds only ≤ "
+           f"{OVERHEAD_TARGETS['ratio_rounds']:.2f}x, the per-patient round ≤ {PATIENT_ROUND_TARGET:.2f}x.", "",
+           "| model | rounds | pfl total s | plain total s | whole run | ratio of fastest runs | pfl rounds s "
+           "| plain rounds s | rounds only | pfl setup / end s | plain setup s | same weights and metrics |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---|"]
+    for label, r in runs.items():
         out.append(f"| {label} | {r['rounds']} | {r['pfl_total_median_s']:.2f} | {r['plain_total_median_s']:.2f} | "
-                   f"**{r['ratio_total']:.3f}x** | {r.get('ratio_total_min', float('nan')):.3f}x | "
+                   f"**{_met(r['ratio_total'], OVERHEAD_TARGETS['ratio_total'])}** | "
+                   f"{r.get('ratio_total_min', float('nan')):.3f}x | "
                    f"{r['pfl_rounds_median_s']:.2f} | {r['plain_rounds_median_s']:.2f} | "
-                   f"{r['ratio_rounds']:.3f}x | {r['pfl_setup_median_s']:.2f} / {r['pfl_finalize_median_s']:.2f} | "
+                   f"**{_met(r['ratio_rounds'], OVERHEAD_TARGETS['ratio_rounds'])}** | "
+                   f"{r['pfl_setup_median_s']:.2f} / {r['pfl_finalize_median_s']:.2f} | "
                    f"{r['plain_setup_median_s']:.2f} | {'yes' if r['identical'] else 'NO'} |")
     out.append("")
-    for label, r in o.items():
+    for label, r in runs.items():
         cb = r["callbacks_median_s"]
         per_round_cb = sum(v for k, v in cb.items() if k.endswith(("on_round_end", "on_client_end")))
         diff = r["pfl_total_median_s"] - r["plain_total_median_s"]
@@ -1160,15 +1212,26 @@ def _md_overhead(o: dict[str, Any]) -> list[str]:
                    f"exactly): setup {r['pfl_setup_median_s'] - r['plain_setup_median_s']:+.2f}s, local training "
                    f"(Lightning) {r['pfl_train_median_s'] - r['plain_train_median_s']:+.2f}s, aggregation + "
                    f"evaluation {r['pfl_eval_median_s'] - r['plain_eval_median_s']:+.2f}s, per-round callbacks "
-                   f"(MLflow metrics, ledger, checkpoint) {per_round_cb:+.2f}s, end of run (MLflow artifacts: "
-                   f"plots, tables, model) {r['pfl_finalize_median_s']:+.2f}s.")
-    for label, r in o.items():
+                   f"(MLflow metrics, ledger, checkpoint) {per_round_cb:+.2f}s, end of run (tables, figures, the "
+                   f"MLflow model, upload) {r['pfl_finalize_median_s']:+.2f}s.")
+    for label, r in runs.items():
         cb = r["callbacks_median_s"]
         top = sorted(cb.items(), key=lambda kv: -kv[1])[:4]
         out.append(f"- {label}: local training {r['pfl_train_median_s']:.2f}s vs {r['plain_train_median_s']:.2f}s, "
                    f"aggregation + evaluation {r['pfl_eval_median_s']:.2f}s vs {r['plain_eval_median_s']:.2f}s; "
                    "callbacks: " + ", ".join(f"{k} {v:.3f}s" for k, v in top)
                    + f". Settings: `{' '.join(x for x in r['overrides'] if not x.startswith(('data.', 'paths.')))}`.")
+    pr = o.get("per-patient round")
+    if pr:
+        out += ["", f"Per-patient federation, one FedAvg round ({pr['clients']} clients; "
+                f"`{' '.join(x for x in pr['overrides'] if not x.startswith(('data.', 'paths.')))}`); the round "
+                f"evaluates {pr['beats_evaluated']:,} val and test beats:", "",
+                "| | round s | local training s | evaluation and callbacks s |", "|---|---:|---:|---:|",
+                f"| pfl | {pr['pfl_round_s']:.1f} | {pr['pfl_train_s']:.1f} | {pr['pfl_eval_s']:.1f} |",
+                f"| plain loop | {pr['plain_round_s']:.1f} | {pr['plain_train_s']:.1f} | {pr['plain_eval_s']:.1f} |",
+                "", f"- round: **{_met(pr['ratio_round'], PATIENT_ROUND_TARGET)}**; same weights: "
+                f"{'yes' if pr['identical'] else 'NO'}. pfl evaluates the global model in one batched pass over "
+                "every client's beats (its cost grows with beats, not clients); the plain loop client by client."]
     out.append("")
     return out
 

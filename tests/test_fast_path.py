@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,11 +37,14 @@ def _same_result(a, b) -> None:
     assert keys and {k: a.metrics[k] for k in keys} == {k: b.metrics[k] for k in keys}
 
 
-# Automatic optimization (none, fedprox with its penalty, ditto's two models), manual
-# optimization (perfedavg, pfedme) and evaluation-time fine-tuning.
-@pytest.mark.parametrize("strategy", ["none", "fedprox", "ditto", "perfedavg", "pfedme", "finetune"])
+# Every strategy YAML: automatic optimization (none, fedprox with its penalty, ditto's two
+# models), manual optimization (perfedavg, pfedme), evaluation-time fine-tuning, partial sharing.
+STRATEGIES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "strategy").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_fabric_engine_trains_exactly_like_the_lightning_trainer(synthetic_db, tmp_path, strategy):
-    over = (f"strategy={strategy}", "federation.rounds=1")
+    over = (f"strategy={strategy}", "federation.rounds=1", *(("model.norm=batch",) if strategy == "fedbn" else ()))
     a = _run(synthetic_db, tmp_path / "trainer", *over, "trainer.engine=trainer")
     b = _run(synthetic_db, tmp_path / "fabric", *over, "trainer.engine=fabric")
     _same_result(a, b)
@@ -171,7 +175,7 @@ def test_compile_happens_once_per_process_and_model():
 @pytest.mark.parametrize("over, key", [
     (("trainer.engine=lightning",), "trainer.engine"),
     (("trainer.workers=0",), "trainer.workers"),
-    (("trainer.compile=true",), "trainer.compile"),
+    (("trainer.engine=trainer", "trainer.compile=true"), "trainer.compile"),
     (("trainer.precision=fp8",), "trainer.precision"),
     (("trainer.workers=2", "federation.backend=ray"), "trainer.workers"),
     pytest.param(("trainer=gpu",), "trainer.accelerator",
