@@ -1100,7 +1100,12 @@ def render(res: dict[str, Any]) -> str:
 
 
 #: the heading each section's block starts with, for splice_report
-SECTION_TITLES = {"fast": "## 7. Fast path"}
+#: each section's heading in the report, and the summary rows it owns (by the row's first words)
+SECTION_TITLES = {"overhead": "## 1. Framework overhead", "strategies": "## 2. Strategy cost", "scaling": "## 3. Scaling",
+                  "fixed": "## Per-client fixed costs", "data": "## 4. Data", "memory": "## 5. Memory",
+                  "ray": "## Ray backend", "threads": "## Threads and evaluation batch size", "fast": "## 7. Fast path"}
+SUMMARY_ROWS = {"overhead": ("framework overhead",), "strategies": ("ledger hashing", "seed_phase3"),
+                "data": ("warm load",), "memory": ("peak RSS",), "ray": ("Ray backend",), "fast": ("trainer=fast",)}
 
 
 def _blocks(md: str) -> list[str]:
@@ -1113,11 +1118,35 @@ def _blocks(md: str) -> list[str]:
     return out
 
 
-def splice_report(old: str, new: str, titles: Sequence[str]) -> str:
+def _merge_rows(old: str, new: str, owned: Callable[[str], bool]) -> str:
+    """Table block `old` with its rows that `owned` picks replaced by those of `new`."""
+    def rows(block: str) -> list[str]:
+        return [ln for ln in block.splitlines(keepends=True)
+                if ln.startswith("| ") and not ln.startswith(("| figure", "| section |"))]
+
+    lines = old.splitlines(keepends=True)
+    last = max((i for i, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
+    olds = set(rows(old))
+    kept = [ln for ln in lines[:last + 1] if not (ln in olds and owned(ln))]
+    return "".join(kept + [r for r in rows(new) if owned(r)] + lines[last + 1:])
+
+
+def splice_report(old: str, new: str, titles: Sequence[str], summary_rows: Sequence[str] = (),
+                  sections: Sequence[str] = ()) -> str:
     """`old` with the blocks whose headings start with `titles` taken from `new` (replaced in
-    place, or inserted before `## Sections run`)."""
+    place, or inserted before `## Sections run`), the header taken from `new`, and the rows of
+    the summary (those starting with `summary_rows`) and of the sections-run table (`sections`)
+    taken from `new`'s, the other rows kept."""
     fresh = {t: b for b in _blocks(new) for t in titles if b.startswith(t)}
-    blocks = _blocks(old)
+    blocks, new_blocks = _blocks(old), _blocks(new)
+    if blocks and new_blocks and not blocks[0].startswith("## ") and not new_blocks[0].startswith("## "):
+        blocks[0] = new_blocks[0]
+    for heading, owned in (("## Summary", lambda r: r[2:].startswith(tuple(summary_rows))),
+                           ("## Sections run", lambda r: r[2:].split(" |")[0] in sections)):
+        at = next((i for i, x in enumerate(blocks) if x.startswith(heading)), None)
+        mine = next((b for b in new_blocks if b.startswith(heading)), None)
+        if at is not None and mine is not None:
+            blocks[at] = _merge_rows(blocks[at], mine, owned)
     for t, b in fresh.items():
         at = next((i for i, x in enumerate(blocks) if x.startswith(t)), None)
         if at is not None:
@@ -1508,7 +1537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No JSON of the earlier sections (a fresh clone): keep the report's other sections and
         # replace only the blocks of the sections this invocation ran.
         text = splice_report(opts.report.read_text(), text, [SECTION_TITLES[n] for n in res["ran"]
-                                                              if n in SECTION_TITLES])
+                                                              if n in SECTION_TITLES],
+                             [p for n in res["ran"] for p in SUMMARY_ROWS.get(n, ())], res["ran"])
     opts.report.write_text(text)
     log(f"done in {res['wall_s'] / 60:.1f} min: {opts.report} and {opts.results}")
     return 0
