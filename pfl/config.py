@@ -17,7 +17,8 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 
 #: keys that change results only when set away from these values: left out of the hash at them,
 #: so adding such a key kept every earlier run's identity
-NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "federation.test_every": None}
+NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "federation.test_every": None,
+           "data.rr.standardize": False}
 
 
 #: the keys of these groups; a key added with `+group.key=...` would otherwise be ignored silently
@@ -107,8 +108,10 @@ def config_hash(cfg: DictConfig) -> str:
     for key in VOLATILE:
         _drop(container, key)
     for key, neutral in NEUTRAL.items():
-        parent, _, last = key.rpartition(".")
-        node = container.get(parent) if parent else container
+        *parents, last = key.split(".")
+        node = container
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(last, neutral) == neutral:
             node.pop(last, None)
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()

@@ -34,10 +34,18 @@ def pooled_client(clients: list[Client]) -> Client:
 
 
 def load_federation(cfg: DictConfig) -> Federation:
+    """The partitioned federation as the models see it (RR features standardized by the
+    training clients' statistics where `data.rr.standardize` asks; pfl.data.rr.standardize)."""
     from pfl.data.partitions import build_federation
+    from pfl.data.rr import parse_rr, standardize
     from pfl.data.sources import load_beats
 
-    return build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
+    beats = load_beats(cfg.data)
+    fed = build_federation(beats, cfg.partition, cfg.seed)
+    if beats.rr_features and parse_rr(cfg.data.get("rr")).get("standardize"):
+        fed, stats = standardize(fed, beats.rr_features)
+        fed.rr_stats = stats
+    return fed
 
 
 def check_input(cfg: DictConfig, fed: Federation) -> None:
@@ -182,13 +190,16 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
     ledger = Ledger(ckpt_dir / "ledger.jsonl", chash, digest, resume_round=state.rnd if state else 0,
                     resume_weights=state.global_weights if state else None,
                     source=path.parent / "ledger.jsonl" if state else None, writer=durable)
-    artifacts = ArtifactWriter(cfg, run_directory(cfg, chash), _jsonable(federation_stats(fed)), [ledger.path])
+    stats = _jsonable(federation_stats(fed))
+    if fed.rr_stats:
+        stats["rr_standardize"] = fed.rr_stats
+    artifacts = ArtifactWriter(cfg, run_directory(cfg, chash), stats, [ledger.path])
     tracker = None
     if cfg.logger.get("enabled", False):
         from pfl.tracking import MlflowTracker
 
         tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash, strategy),
-                                artifacts=artifacts)
+                                artifacts=artifacts, rr_stats=fed.rr_stats)
         callbacks.append(tracker)
     else:  # the tracker writes them itself before uploading
         callbacks.append(artifacts)

@@ -200,12 +200,15 @@ def experiment_id(client, cfg: DictConfig, uri: str) -> str:
 
 
 class MlflowTracker(Callback):
-    def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str], artifacts=None):
+    def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str], artifacts=None,
+                 rr_stats: dict | None = None):
         import mlflow
 
         from pfl.artifacts import ArtifactWriter
 
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags)
+        #: the RR features' shift and scale (data.rr.standardize): the served model expects them applied
+        self.rr_stats = rr_stats
         #: writes the run's tables, figures and final metrics; the tracker uploads its directory
         self.artifacts = artifacts if artifacts is not None else ArtifactWriter(
             cfg, Path(tempfile.mkdtemp(prefix="pfl-artifacts-")))
@@ -366,6 +369,8 @@ class MlflowTracker(Callback):
         example = np.zeros((2, leads, window + k), dtype=np.float32)
         example[1, :, int(data.window.before)] = 1.0  # an R peak where the beats have theirs
         example[:, :, window:] = 0.8 if k else 0.0  # RR intervals of 0.8 s (ratios near 1 are typical)
+        if k and self.rr_stats:
+            example[:, :, window:] = (0.8 - np.asarray(self.rr_stats["mean"])) / np.asarray(self.rr_stats["std"])
         with torch.no_grad():
             logits = model(torch.from_numpy(example)).numpy()
         metadata = {"classes": list(self.cfg.data.classes), "fs": int(data.fs),
@@ -373,6 +378,8 @@ class MlflowTracker(Callback):
                     "normalize": str(data.get("normalize")),
                     "leads": [str(data.lead), *map(str, data.get("extra_leads") or ())],
                     "rr_features": list(rr["features"]) if rr else [], "rr_causal": bool(rr["causal"]) if rr else False,
+                    # x_rr = (rr - mean) / std per feature, where the run standardized them
+                    "rr_standardize": self.rr_stats or None,
                     "input": f"float32 (n, {leads}, window{' + rr_features' if k else ''}) beats"
                              + (": every lead's window, then the RR features (pfl.data.rr.pack)" if k else ""),
                     "output": "logits (n, classes)"}

@@ -53,10 +53,9 @@ def plain_federated(cfg) -> PlainResult:
     import torch.nn.functional as F
 
     from pfl import config as cfgmod
-    from pfl.data.partitions import build_federation
-    from pfl.data.sources import load_beats
     from pfl.fl.batches import BatchLoader, derive_seed
     from pfl.metrics import chunks  # the same rows per inference batch: see pfl.metrics.MIN_CHUNK
+    from pfl.run import load_federation
 
     t0 = time.perf_counter()
     cfgmod.prepare(cfg)
@@ -67,7 +66,7 @@ def plain_federated(cfg) -> PlainResult:
         raise ValueError("the plain loop trains every client every round")
     torch.set_num_threads(cfg.trainer.get("threads") or os.cpu_count() or 1)
     torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic))
-    fed = build_federation(load_beats(cfg.data), cfg.partition, cfg.seed)
+    fed = load_federation(cfg)  # as pfl.run builds it (RR standardization included)
     clients, seed, n_cls = fed.training_clients, int(cfg.seed), len(fed.classes)
     optimizer = hydra.utils.instantiate(f.optimizer)
     torch.manual_seed(derive_seed(seed, "init"))

@@ -245,3 +245,43 @@ def test_time_splits_keep_their_window_gap_with_leads_and_rr_features(synthetic_
         assert b.train.x.shape[1:] == (2, 256 + 6)
     overlap = window_overlap(rich)
     assert overlap["val"]["windows"] == 0.0 and overlap["test"]["windows"] == 0.0
+
+
+def test_standardized_rr_features_use_the_training_clients_statistics(synthetic_db, tmp_path):
+    """data.rr.standardize: every split of every client shifted and scaled by the mean and
+    population std of the federated clients' training RR features (numpy by hand), the beat
+    samples untouched, and the DS2-like unseen clients' own beats never set the statistics."""
+    from compose import make_cfg
+
+    from pfl import config as cfgmod
+    from pfl.run import load_federation
+
+    over = ("data.features=[beat,rr]", "partition=interpatient", "partition.ds1=[s01,s02,s03]",
+            "partition.ds2=[s04,s05,s06]")
+    raw = load_federation(cfgmod.prepare(make_cfg(synthetic_db, tmp_path / "a", *over)))
+    std = load_federation(cfgmod.prepare(make_cfg(synthetic_db, tmp_path / "b", *over, "data.rr.standardize=true")))
+    assert raw.rr_stats is None
+    k = 6
+    train = np.concatenate([c.train.x.numpy()[:, 0, -k:] for c in raw.clients if c.federated]).astype(np.float64)
+    mean, sd = train.mean(axis=0), train.std(axis=0)
+    assert np.allclose(std.rr_stats["mean"], mean) and np.allclose(std.rr_stats["std"], sd)
+    assert any(not c.federated for c in raw.clients)
+    for a, b in zip(raw.clients, std.clients, strict=True):
+        for split in ("train", "val", "test"):
+            xa, xb = a.split(split).x.numpy(), b.split(split).x.numpy()
+            if not len(xa):
+                continue
+            np.testing.assert_array_equal(xa[..., :-k], xb[..., :-k])
+            np.testing.assert_allclose(xb[..., -k:], (xa[..., -k:] - mean) / sd, rtol=1e-5, atol=1e-5)
+    pooled = np.concatenate([c.train.x.numpy()[:, 0, -k:] for c in std.clients if c.federated])
+    np.testing.assert_allclose(pooled.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(pooled.std(axis=0), 1, atol=1e-4)
+    # Off by default, and the default leaves every earlier run's config hash (made before the key
+    # existed) as it was.
+    cfg = make_cfg(synthetic_db, tmp_path / "c", *over)
+    assert cfgmod.config_hash(cfg) == cfgmod.config_hash(make_cfg(synthetic_db, tmp_path / "c", *over,
+                                                                  "~data.rr.standardize"))
+    assert cfgmod.config_hash(cfg) != cfgmod.config_hash(make_cfg(synthetic_db, tmp_path / "c", *over,
+                                                                  "data.rr.standardize=true"))
+    with pytest.raises(ConfigError, match="data.rr.standardize"):
+        parse_rr({"standardize": "yes"})

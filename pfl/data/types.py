@@ -112,6 +112,8 @@ class Federation:
     clients: list[Client]
     #: samples of one beat window (inputs may hold lead channels and RR features besides)
     window: int | None = None
+    #: the shift and scale of the RR features (data.rr.standardize), None where they are raw
+    rr_stats: dict | None = None
 
     @property
     def training_clients(self) -> list[Client]:
