@@ -123,6 +123,11 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
     # node's); with worker processes, one thread each.
     torch.set_num_threads(cfg.trainer.get("threads") or (1 if workers > 1 else len(os.sched_getaffinity(0))))
     trainer = build_trainer(**cfg.trainer)
+    from pfl.fl.trainer import resolve_precision
+    from pfl.metrics import set_inference_precision
+
+    set_inference_precision(resolve_precision(cfg.trainer.get("precision", "32-true"),
+                                              cfg.trainer.get("accelerator", "cpu")))
     fed = load_federation(cfg)
     check_input(cfg, fed)
     device = trainer.device

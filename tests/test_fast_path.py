@@ -266,3 +266,21 @@ def test_test_split_only_where_reported(synthetic_db, tmp_path):
     for a, b in zip(every.history, sparse.history, strict=True):
         assert {k: v for k, v in a.items() if k.startswith("val.")} == {k: v for k, v in b.items()
                                                                         if k.startswith("val.")}
+
+
+def test_bf16_training_evaluates_under_bf16_autocast_and_fp32_otherwise():
+    """Two logits 2^-10 apart: fp32 tells them apart (class 1), bfloat16's 8-bit mantissa rounds
+    them equal (argmax takes class 0), so the prediction says which precision ran."""
+    from pfl.metrics import predict, set_inference_precision
+
+    model = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [1.0 + 2 ** -10]]))
+    x = torch.ones(4, 1)
+    try:
+        set_inference_precision("bf16-mixed")
+        assert predict(model, x).tolist() == [0, 0, 0, 0]
+        set_inference_precision("32-true")
+        assert predict(model, x).tolist() == [1, 1, 1, 1]
+    finally:
+        set_inference_precision("32-true")
