@@ -1,14 +1,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import synth  # noqa: E402
+import synth
 
 
 @pytest.fixture(scope="session")
