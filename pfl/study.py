@@ -7,7 +7,8 @@ overrides. It runs in two stages, each a list of cells (one `pfl` run each):
    trials on one federation and seed: trial 0 is the YAML's defaults, the others are drawn
    from the space with a generator seeded by the strategy's name. The trial with the best
    validation objective wins; the choice is written to the grid's tuning file, which is
-   committed, and a strategy already in that file is not tuned again;
+   committed, and a strategy already in that file is not tuned again while the config hash its
+   entry records (of its defaults trial) is still today's;
 2. the grid: every federation x strategy x seed with the tuned hyperparameters.
 
 A cell whose config hash already has a FINISHED run in the stage's MLflow experiment is
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +269,14 @@ def tuned_overrides(grid: Grid, strategy: str, tuning: dict[str, Any]) -> list[s
     return [f"{k}={v}" for k, v in (entry.get("best") or {}).items()]
 
 
+def current_tuning(tuning: dict[str, Any], trials: Sequence[Cell]) -> dict[str, Any]:
+    """The tuning entries made for the grid's present settings: an entry records the config
+    hash of its defaults trial (trial 0), and one whose hash differs from today's (the preset or
+    the grid's overrides changed since), or that records none, is tuned again."""
+    today = {c.strategy: c.config_hash for c in trials if c.trial == 0}
+    return {s: e for s, e in tuning.items() if s not in today or (e or {}).get("config_hash") == today[s]}
+
+
 def tune_cells(grid: Grid, tuning: dict[str, Any]) -> list[Cell]:
     if not grid.tune["budget"]:
         return []
@@ -424,6 +434,7 @@ def choose(grid: Grid, cells: list[Cell], uri: str, tuning: dict[str, Any]) -> d
             continue  # not all trials finished: choose next time
         best_value, best = max(scored, key=lambda t: (t[0], -t[1].trial))
         tuning[s] = {"best": best.values, "objective": obj, "value": float(best_value),
+                     "config_hash": next(c.config_hash for c in trials if c.trial == 0),
                      "federation": grid.tune["federation"], "seed": grid.tune["seed"],
                      "trials": [{"values": c.values, "value": float(v), "run_id": done[c.config_hash].info.run_id}
                                 for v, c in sorted(scored, key=lambda t: t[1].trial)]}
@@ -479,9 +490,9 @@ def _main(args) -> int:
         jobs = args.jobs or grid.jobs
         t0 = time.time()
         _load_hashes(grid)
-        tuning = load_tuning(grid)
-        tcells = tune_cells(grid, tuning)
-        _hash_cells(tcells)
+        every_trial = _hash_cells(tune_cells(grid, {}))
+        tuning = current_tuning(load_tuning(grid), every_trial)
+        tcells = [c for c in every_trial if c.strategy not in tuning]
         _hash_cells(grid_cells(grid, tuning))
         _save_hashes(grid)
         if args.dry_run or args.report_only:

@@ -67,9 +67,12 @@ def test_study_tunes_runs_skips_resumes_and_reports_the_mlflow_numbers(synthetic
         "federations": {"patient": ["partition=patient"]}, "strategies": ["none", "finetune"],
         "tune": {"budget": 2, "federation": "patient"}, "out": str(tmp_path / "results")}))
     grid = study.load_grid(str(grid_file))
-    # FedAvg's entry is already in the tuning file (committed from an earlier sitting): not tuned again.
+    # FedAvg's entry is already in the tuning file (committed from an earlier sitting, for these
+    # settings: the config hash of its defaults trial): not tuned again.
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "tuning.yaml").write_text(yaml.safe_dump({"none": {"best": {}}}))
+    trial0 = {c.strategy: c.config_hash for c in study._hash_cells(study.tune_cells(grid, {})) if c.trial == 0}
+    fedavg = {"best": {}, "config_hash": trial0["none"]}
+    (tmp_path / "results" / "tuning.yaml").write_text(yaml.safe_dump({"none": fedavg}))
 
     # An interrupted run of the FedAvg cell: its checkpoint after round 1, its MLflow run KILLED.
     (cell,) = [c for c in study.grid_cells(grid, study.load_tuning(grid)) if c.strategy == "none"]
@@ -95,7 +98,7 @@ def test_study_tunes_runs_skips_resumes_and_reports_the_mlflow_numbers(synthetic
     assert "mini-tuning: 2 cells, 0 finished, 2 to run" in out and "mini: 2 cells, 0 finished, 2 to run" in out
     tuning = yaml.safe_load((tmp_path / "results" / "tuning.yaml").read_text())
     trials = tuning["finetune"]["trials"]
-    assert len(trials) == 2 and trials[0]["values"] == {} and tuning["none"] == {"best": {}}
+    assert len(trials) == 2 and trials[0]["values"] == {} and tuning["none"] == fedavg
     best = max(trials, key=lambda t: t["value"])
     assert tuning["finetune"]["best"] == best["values"]  # chosen on val
     runs = {r.data.tags["strategy"]: r for r in client.search_runs([client.get_experiment_by_name("mini").experiment_id])}
@@ -123,6 +126,18 @@ def test_study_tunes_runs_skips_resumes_and_reports_the_mlflow_numbers(synthetic
     expect = 100 * (runs["finetune"].data.metrics["test.personal.f1.mean"] - runs["none"].data.metrics["test.personal.f1.mean"])
     assert delta == pytest.approx(expect, abs=0.051)
     assert (tmp_path / "results" / "heatmap.png").stat().st_size > 0
+    # Tuned for these settings: the entry records the config hash of its defaults trial.
+    assert tuning["finetune"]["config_hash"] == trial0["finetune"]
+    # The settings changed since (another preset, say): the entry no longer matches, so the
+    # strategy is tuned again before its cells run; an entry that matches is kept.
+    tuning["finetune"]["config_hash"] = "0" * 64
+    (tmp_path / "results" / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    assert study.main([str(grid_file), "--tracking-uri", uri, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "tuning: 2 trials" in out and "still to tune, whose cells change once tuned: finetune)" in out
+    every = study._hash_cells(study.tune_cells(grid, {}))
+    assert study.current_tuning(tuning, every) == {"none": fedavg}
+
     # Part of a grid: --only names a federation of the grid, nothing else.
     assert study.main([str(grid_file), "--tracking-uri", uri, "--only", "hospitalz"]) == 2
     assert "--only='hospitalz' is not allowed: expected a federation of the grid: patient" in capsys.readouterr().err
