@@ -117,6 +117,15 @@ class ArtifactWriter(Callback):
         d = self.write(result)
         log.info("run artifacts in %s", d)
 
+    def on_exception(self, exc: BaseException) -> None:
+        self.join_prewarm()
+
+    def join_prewarm(self, timeout: float = 30) -> None:
+        """No import may still run in a thread when this process forks again (the next run's
+        workers, in a sweep or the tests)."""
+        if self._warm is not None:
+            self._warm.join(timeout)
+
 
 def _draw(ev, history: list[dict[str, float]], d: Path) -> None:
     from pfl import plots
@@ -151,10 +160,18 @@ class _Figures:
         os.close(w)
         self.pid, self._read = pid, r
 
-    def wait(self) -> None:
+    def wait(self, timeout: float = 600) -> None:
         if self.pid is None:
             return
+        import select
+
         with os.fdopen(self._read, "rb") as fh:
+            ready, _, _ = select.select([fh], [], [], timeout)
+            if not ready:  # a child that hangs must not hang the run
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+                self.pid = None
+                raise RuntimeError(f"drawing the run's figures took over {timeout:g} s; the child was stopped")
             why = fh.read().decode(errors="replace")
         _, status = os.waitpid(self.pid, 0)
         self.pid = None

@@ -10,8 +10,9 @@ from collections.abc import Callable
 class InOrder:
     """Calls run in order in one background thread (started on the first call, stopped by
     `close`), so a round does not wait for MLflow's store or for fsync. `close` waits for the
-    calls made so far and raises the first error; after an error the rest are not run, and
-    the next `submit` raises it too.
+    calls made so far and raises the first error. After an error the queue stays failed: no
+    later call runs (a checkpoint queued behind a failed ledger entry is never written), and
+    every `submit` and `close` raises that error.
 
     The thread starts on the first call, after the first round, by which time worker processes
     (trainer.workers) are forked: a fork never copies a process in which this thread holds a lock.
@@ -41,8 +42,7 @@ class InOrder:
 
     def _raise(self) -> None:
         if self._error is not None:
-            err, self._error = self._error, None
-            raise err
+            raise self._error
 
     def close(self, timeout: float | None = None) -> None:
         """Wait for every call submitted so far; raise the first error."""

@@ -47,14 +47,21 @@ def chunks(n: int, batch_size: int) -> list[slice]:
 
 #: the autocast dtype of inference in this process (None: fp32), from trainer.precision
 _INFERENCE_DTYPE: torch.dtype | None = None
+_INFERENCE_PRECISION = "32-true"
 
 
 def set_inference_precision(precision: str) -> None:
     """Evaluate under the autocast the clients train with: bf16-mixed (the fast path, where the
     CPU runs bfloat16 natively) evaluates in bfloat16 too, 16-mixed in float16; anything else
     in fp32. Set once per run, before worker processes fork (they inherit it)."""
-    global _INFERENCE_DTYPE
+    global _INFERENCE_DTYPE, _INFERENCE_PRECISION
     _INFERENCE_DTYPE = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    _INFERENCE_PRECISION = str(precision)
+
+
+def get_inference_precision() -> str:
+    """The precision set by set_inference_precision (what a Ray actor is told to use)."""
+    return _INFERENCE_PRECISION
 
 
 @torch.inference_mode()

@@ -116,6 +116,16 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
 
     `callbacks`: observers (pfl.fl.callbacks.Callback) that see every hook before pfl's own
     tracking, ledger and checkpoints do."""
+    from pfl.metrics import get_inference_precision, set_inference_precision
+
+    before = get_inference_precision()
+    try:
+        return _train(cfg, console, callbacks)
+    finally:  # the next run in this process (a sweep, the tests) starts from where it was
+        set_inference_precision(before)
+
+
+def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     cfgmod.prepare(cfg)
     strategy = build_strategy(cfg.strategy, cfg.get("adapt"))  # bad hyperparameters fail before data loads
     workers = int(cfg.trainer.get("workers", 1))
@@ -205,16 +215,15 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
 
         tracker = MlflowTracker(cfg, cfg.logger.get("run_name") or default_run_name(cfg), run_tags(cfg, chash, strategy),
                                 artifacts=artifacts, rr_stats=fed.rr_stats)
-        callbacks.append(tracker)
-    else:  # the tracker writes them itself before uploading
-        callbacks.append(artifacts)
     # Everything a component needs is known before it is built: the MLflow run (a resumed run
     # continues its own), the directories and the ledger's chain.
     run = RunContext(chash, digest, ckpt_dir, artifacts.directory,
                      run_id=tracker.start(meta.get("mlflow_run_id")) if tracker else None, resuming=state is not None)
     ckpt = Checkpointer(run, ledger, meta, writer=durable)
-    # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks.
-    callbacks += [ledger, ckpt]
+    # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks. Both
+    # before the artifacts and the tracker: at the end their writes are on disk (flushed) before
+    # the ledger is copied into the run's artifacts and the run is marked FINISHED.
+    callbacks += [ledger, ckpt, tracker if tracker is not None else artifacts]
     try:  # from here on an error must end the MLflow run as FAILED, not leave it RUNNING
         if cfg.trainer.get("progress", True):
             from pfl.fl.progress import RichProgress
@@ -224,8 +233,11 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
         server.callbacks = callbacks
         result = server.run(state)
     except BaseException as exc:
-        for cb in callbacks:
-            cb.on_exception(exc)
+        for cb in callbacks:  # each one, whatever the others do: the run must end FAILED, flushed
+            try:
+                cb.on_exception(exc)
+            except Exception as e:  # noqa: BLE001 - the run's own error is the one to raise
+                log.error("%s.on_exception: %s", type(cb).__name__, e)
         raise
     finally:
         if backend is not None:  # Ray actors hold CPUs the next job of a sweep needs

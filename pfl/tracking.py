@@ -381,7 +381,9 @@ class MlflowTracker(Callback):
                     # x_rr = (rr - mean) / std per feature, where the run standardized them
                     "rr_standardize": self.rr_stats or None,
                     "input": f"float32 (n, {leads}, window{' + rr_features' if k else ''}) beats"
-                             + (": every lead's window, then the RR features (pfl.data.rr.pack)" if k else ""),
+                             + (": every lead's window, then the RR features (pfl.data.rr.pack)" if k else "")
+                             + (", each RR feature standardized first: (rr - rr_standardize.mean) / "
+                                "rr_standardize.std" if k and self.rr_stats else ""),
                     "output": "logits (n, classes)"}
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.client.tracking_uri)
@@ -403,6 +405,9 @@ class MlflowTracker(Callback):
 
     def on_exception(self, exc: BaseException) -> None:
         self._release_sigterm()
+        self.artifacts.join_prewarm()
+        if self._warm is not None:
+            self._warm.join(30)
         try:  # the rounds logged so far stay in the store
             self._queue.close(timeout=PROBE_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - the run's own error is the one to report

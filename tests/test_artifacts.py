@@ -98,4 +98,6 @@ def test_in_order_runs_calls_in_order_and_raises_the_first_error():
     with pytest.raises(OSError, match="disk full"):
         q.close()
     assert seen[-1] != "after"
-    q.close()  # the error is reported once
+    with pytest.raises(OSError, match="disk full"):  # failed for good: nothing more runs
+        q.submit(seen.append, "later")
+    assert seen[-1] != "later"

@@ -284,3 +284,22 @@ def test_bf16_training_evaluates_under_bf16_autocast_and_fp32_otherwise():
         assert predict(model, x).tolist() == [1, 1, 1, 1]
     finally:
         set_inference_precision("32-true")
+
+
+def test_a_run_evaluates_in_its_own_precision_and_leaves_the_process_as_it_found_it(synthetic_db, tmp_path):
+    from pfl.fl.callbacks import Callback
+    from pfl.metrics import get_inference_precision, set_inference_precision
+
+    seen = []
+
+    class Probe(Callback):
+        def on_round_end(self, info):
+            seen.append(get_inference_precision())
+
+    set_inference_precision("bf16-mixed")  # left by an earlier run of this process
+    try:
+        train(make_cfg(synthetic_db, tmp_path, "federation.rounds=1", "logger=none"), callbacks=[Probe()])
+        assert seen == ["32-true"]  # this run's own precision (the default)
+        assert get_inference_precision() == "bf16-mixed"  # restored afterwards
+    finally:
+        set_inference_precision("32-true")

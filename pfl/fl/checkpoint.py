@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
 from pfl.fl.server import ServerState
 from pfl.ledger import load_error
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,10 @@ class Checkpointer(Callback):
     def on_exception(self, exc: BaseException) -> None:
         """The rounds finished before the error are on disk, so the run resumes after them."""
         if self.writer is not None:
-            self.writer.close(timeout=60)
+            try:
+                self.writer.close(timeout=60)
+            except Exception as e:  # noqa: BLE001 - the run's own error is the one to raise
+                log.error("checkpoint/ledger writes after the error failed: %s", e)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

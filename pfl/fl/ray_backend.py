@@ -51,10 +51,12 @@ def _import_ray():
 class _Worker(WorkerCore):
     """One Ray actor: a WorkerCore that fetches the clients it is sent once and keeps them."""
 
-    def __init__(self, payload: tuple, threads: int):
+    def __init__(self, payload: tuple, threads: int, precision: str = "32-true"):
         from pfl.fl.trainer import quiet_lightning
+        from pfl.metrics import set_inference_precision
 
         torch.set_num_threads(threads)
+        set_inference_precision(precision)  # not forked from the run: told, not inherited
         quiet_lightning()  # unpickling skips ClientTrainer.__init__, where the driver did this
         super().__init__(*payload)
 
@@ -151,7 +153,7 @@ class RayBackend(Backend):
             log.warning("ray: %d workers x %d threads exceed the cluster's %d CPUs; some wait", n, self.threads, cpus)
         actor = ray.remote(num_cpus=self.threads, num_gpus=self.gpus)(_Worker)
         payload = ray.put((wl.strategy, wl.model_factory))
-        self.actors = [actor.remote(payload, self.threads) for _ in range(n)]
+        self.actors = [actor.remote(payload, self.threads, wl.inference_precision) for _ in range(n)]
         self._finalizer = weakref.finalize(self, _kill, list(self.actors))
         log.info("ray backend: %d workers x %d threads (cluster CPUs: %d)", n, self.threads, cpus)
 

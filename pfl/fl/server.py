@@ -48,6 +48,9 @@ class Workload:
     clients: dict[str, Client]
     n_classes: int
     eval_batch_size: int
+    #: the precision evaluation runs in (pfl.metrics.set_inference_precision): workers that are
+    #: not forked from the run (Ray actors) set it themselves
+    inference_precision: str = "32-true"
 
 
 class Backend:
@@ -141,9 +144,11 @@ class Server:
         #: seconds each callback has spent in each hook ("MlflowTracker.on_run_end"): where a run's time goes
         self.hook_seconds: defaultdict[str, float] = defaultdict(float)
         self.backend = backend or SerialBackend()
+        from pfl.metrics import get_inference_precision
+
         self.backend.bind(Workload(strategy, model_factory,
                                    {c.cid: c for c in [*self.train_clients, *self.eval_clients]},
-                                   len(classes), eval_batch_size))
+                                   len(classes), eval_batch_size, get_inference_precision()))
         for c in self.train_clients:
             strategy.check_client(c)
 
