@@ -369,8 +369,10 @@ class MlflowTracker(Callback):
         example = np.zeros((2, leads, window + k), dtype=np.float32)
         example[1, :, int(data.window.before)] = 1.0  # an R peak where the beats have theirs
         example[:, :, window:] = 0.8 if k else 0.0  # RR intervals of 0.8 s (ratios near 1 are typical)
-        if k and self.rr_stats:
-            example[:, :, window:] = (0.8 - np.asarray(self.rr_stats["mean"])) / np.asarray(self.rr_stats["std"])
+        if k and self.rr_stats:  # served on the raw RR features: the model standardizes them itself
+            from pfl.models.inputs import StandardizeRR
+
+            model = StandardizeRR(model, self.rr_stats["mean"], self.rr_stats["std"]).eval()
         with torch.no_grad():
             logits = model(torch.from_numpy(example)).numpy()
         metadata = {"classes": list(self.cfg.data.classes), "fs": int(data.fs),
@@ -382,8 +384,8 @@ class MlflowTracker(Callback):
                     "rr_standardize": self.rr_stats or None,
                     "input": f"float32 (n, {leads}, window{' + rr_features' if k else ''}) beats"
                              + (": every lead's window, then the RR features (pfl.data.rr.pack)" if k else "")
-                             + (", each RR feature standardized first: (rr - rr_standardize.mean) / "
-                                "rr_standardize.std" if k and self.rr_stats else ""),
+                             + (" (raw: the model standardizes them with rr_standardize itself; the run's "
+                                "global_model.pt expects them standardized)" if k and self.rr_stats else ""),
                     "output": "logits (n, classes)"}
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.client.tracking_uri)

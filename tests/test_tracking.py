@@ -274,3 +274,42 @@ def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, 
     inputs = served.metadata.get_input_schema().inputs[0]
     assert inputs.shape == (-1, 1, 256) and str(inputs.type) == "float32"
     assert served.metadata.metadata["classes"] == ["N", "S", "V", "F", "Q"]
+
+
+def test_a_model_trained_on_standardized_rr_is_served_on_the_raw_features(synthetic_db, tmp_path):
+    """data.rr.standardize: the logged model takes the packed beats with their raw RR features
+    and standardizes them itself, with the statistics the run logged."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from pfl import config as cfgmod
+    from pfl.models import SmallCNN
+    from pfl.run import load_federation
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    rr = ("data.features=[beat,rr]", "data.records=[s01,s02,s03]")
+    cfg = make_cfg(synthetic_db, tmp_path, "logger=mlflow", f"logger.tracking_uri={uri}", "study=served_rr",
+                   "data.rr.standardize=true", *rr)
+    train(cfg)
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    run = _only_run(client, "served_rr")
+    raw = load_federation(cfgmod.prepare(make_cfg(synthetic_db, tmp_path / "raw", *rr))).clients[0].test.x[:3].numpy()
+    stats = json.loads(Path(client.download_artifacts(run.info.run_id, "partition_stats.json",
+                                                      str(tmp_path / "dl"))).read_text())["rr_standardize"]
+    mlflow.set_tracking_uri(store_uri(uri))
+    try:
+        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        logits = np.asarray(served.predict(raw))
+    finally:
+        mlflow.set_tracking_uri(None)
+    # Oracle: the run's final weights on the beats standardized by hand with the logged statistics.
+    weights = torch.load(client.download_artifacts(run.info.run_id, "global_model.pt", str(tmp_path / "dl")))
+    reference = SmallCNN(**{k: v for k, v in cfg.model.items() if k != "_target_"})
+    reference.load_state_dict(weights)
+    by_hand = raw.copy()
+    by_hand[..., -6:] = (raw[..., -6:] - np.asarray(stats["mean"])) / np.asarray(stats["std"])
+    with torch.no_grad():
+        expected = reference.eval()(torch.from_numpy(by_hand.astype(np.float32))).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    assert served.metadata.metadata["rr_standardize"]["mean"] == stats["mean"]

@@ -38,3 +38,20 @@ def check_input(in_channels: int, rr_features: int, rr_hidden: int) -> None:
         raise ValueError(f"model.rr_features={rr_features!r} is not allowed: expected an integer >= 0")
     if rr_features and rr_hidden < 1:
         raise ValueError(f"model.rr_hidden={rr_hidden!r} is not allowed: expected an integer >= 1 with RR features")
+
+
+class StandardizeRR(nn.Module):
+    """A model that takes the raw RR features (pfl.data.rr.pack) of a run trained on
+    standardized ones (data.rr.standardize): it shifts and scales the last k input samples
+    with the training clients' statistics, then calls the model. The logged MLflow model is
+    wrapped in it, so serving needs nothing but the packed beats."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.mean.shape[0]
+        return self.model(torch.cat([x[..., :-k], (x[..., -k:] - self.mean) / self.std], dim=-1))
