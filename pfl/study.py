@@ -442,8 +442,11 @@ def choose(grid: Grid, cells: list[Cell], uri: str, tuning: dict[str, Any]) -> d
         grid.tuning_file.parent.mkdir(parents=True, exist_ok=True)
         from pfl.atomic import atomic_write
 
+        # Entries tuned for other settings stay on disk until a new choice replaces them, so a
+        # re-tuning that fails or is stopped loses nothing.
+        on_disk = {**load_tuning(grid), **tuning}
         text = ("# Written by pfl-study: the trial with the best validation objective per strategy. Delete an\n"
-                "# entry to tune that strategy again.\n" + yaml.dump(tuning, Dumper=_PlainDumper, sort_keys=True))
+                "# entry to tune that strategy again.\n" + yaml.dump(on_disk, Dumper=_PlainDumper, sort_keys=True))
         atomic_write(grid.tuning_file, lambda f: f.write(text.encode()))
     return tuning
 

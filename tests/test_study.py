@@ -152,3 +152,22 @@ def test_f1_derived_from_a_papers_se_and_ppv_is_the_harmonic_mean():
     assert d["f1_nsvf"] == pytest.approx(np.mean([2 * 80 * 90 / 170, 50.0, 40.0, 18.0]))
     chazal = derived_f1(ANCHORS["interpatient"][0])
     assert chazal["f1_S"] == pytest.approx(2 * 75.9 * 38.5 / (75.9 + 38.5))
+
+
+def test_a_stale_tuning_entry_stays_on_disk_until_a_new_choice_replaces_it(tmp_path):
+    """Re-tuning that has not finished (here: no trial ran) keeps the old entry in the file,
+    while the run itself treats the strategy as untuned."""
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({
+        "name": "mini", "study": "mini", "seeds": [0], "overrides": ["model=cnn"],
+        "federations": {"patient": ["partition=patient"]}, "strategies": ["finetune"],
+        "tune": {"budget": 2, "federation": "patient"}, "out": str(tmp_path / "results")}))
+    grid = study.load_grid(str(grid_file))
+    stale = {"finetune": {"best": {"strategy.finetune_lr": 0.01}, "config_hash": "0" * 64}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "tuning.yaml").write_text(yaml.safe_dump(stale))
+    trials = [study.Cell("tune", "patient", "finetune", 0, [], trial=t, config_hash=f"{t + 1}" * 64) for t in (0, 1)]
+    current = study.current_tuning(study.load_tuning(grid), trials)
+    assert current == {}  # the entry was made for other settings
+    assert study.choose(grid, trials, f"sqlite:///{tmp_path}/m.db", current) == {}
+    assert yaml.safe_load((tmp_path / "results" / "tuning.yaml").read_text()) == stale
