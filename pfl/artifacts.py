@@ -83,8 +83,7 @@ class ArtifactWriter(Callback):
         if self.cfg.logger.get("log_model", True):
             torch.save(result.global_weights, d / "global_model.pt")
         history = self.history(result) if self.history is not None else result.history
-        if self._warm is not None:  # no import may be under way in another thread when we fork
-            self._warm.join()
+        self.join_prewarm(timeout=None)  # no import may be under way in another thread when we fork
         self._figures = _Figures(functools.partial(_draw, result.evaluation, history, d))
 
     def join(self) -> Path:
@@ -120,7 +119,7 @@ class ArtifactWriter(Callback):
     def on_exception(self, exc: BaseException) -> None:
         self.join_prewarm()
 
-    def join_prewarm(self, timeout: float = 30) -> None:
+    def join_prewarm(self, timeout: float | None = 30) -> None:
         """No import may still run in a thread when this process forks again (the next run's
         workers, in a sweep or the tests)."""
         if self._warm is not None:

@@ -45,17 +45,17 @@ def chunks(n: int, batch_size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(cuts, cuts[1:] + [n], strict=True)]
 
 
-#: the autocast dtype of inference in this process (None: fp32), from trainer.precision
-_INFERENCE_DTYPE: torch.dtype | None = None
+#: the precision inference runs in, in this process (from trainer.precision), and the autocast
+#: dtype of those that autocast (any other: fp32)
 _INFERENCE_PRECISION = "32-true"
+_AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def set_inference_precision(precision: str) -> None:
     """Evaluate under the autocast the clients train with: bf16-mixed (the fast path, where the
     CPU runs bfloat16 natively) evaluates in bfloat16 too, 16-mixed in float16; anything else
     in fp32. Set once per run, before worker processes fork (they inherit it)."""
-    global _INFERENCE_DTYPE, _INFERENCE_PRECISION
-    _INFERENCE_DTYPE = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    global _INFERENCE_PRECISION
     _INFERENCE_PRECISION = str(precision)
 
 
@@ -70,8 +70,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    autocast = (torch.autocast(device.type, dtype=_INFERENCE_DTYPE) if _INFERENCE_DTYPE is not None
-                else contextlib.nullcontext())
+    dtype = _AUTOCAST.get(_INFERENCE_PRECISION)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     # No autograd graph: evaluation needs none, and recording one costs time and memory.
     with torch.inference_mode(), autocast:
         out = [model(x[s].to(device)).argmax(1).cpu() for s in chunks(len(x), batch_size)]

@@ -241,12 +241,34 @@ def test_a_terminated_run_ends_killed_not_running(synthetic_db, tmp_path, monkey
     assert run.data.tags["error"] == "Terminated: terminated by SIGTERM"
 
 
-def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, tmp_path):
+def _serve(uri: str, run_id: str, x):
+    """The run's logged model loaded through mlflow.pyfunc, and its logits for `x`."""
     import mlflow
     import numpy as np
+
+    mlflow.set_tracking_uri(store_uri(uri))
+    try:
+        served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        return served, np.asarray(served.predict(x))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _final_model(client, run, cfg, dest: Path):
+    """Oracle: the run's final global weights (its plain state dict) in a fresh torch module."""
     import torch
 
     from pfl.models import SmallCNN
+
+    model = SmallCNN(**{k: v for k, v in cfg.model.items() if k != "_target_"})
+    model.load_state_dict(torch.load(client.download_artifacts(run.info.run_id, "global_model.pt", str(dest))))
+    return model.eval()
+
+
+def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, tmp_path):
+    import numpy as np
+    import torch
+
     from pfl.run import load_federation
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
@@ -256,18 +278,9 @@ def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, 
     run = _only_run(client, "served")
     # A beat of a synthetic record, cut and normalized by the data pipeline the model trained on.
     beat = load_federation(cfg).clients[0].test.x[:1].numpy()
-    mlflow.set_tracking_uri(store_uri(uri))
-    try:
-        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-        logits = np.asarray(served.predict(beat))
-    finally:
-        mlflow.set_tracking_uri(None)
-    # Oracle: the plain state dict of the run's final global model, in a fresh torch module.
-    weights = torch.load(client.download_artifacts(run.info.run_id, "global_model.pt", str(tmp_path / "dl")))
-    reference = SmallCNN(**{k: v for k, v in cfg.model.items() if k != "_target_"})
-    reference.load_state_dict(weights)
+    served, logits = _serve(uri, run.info.run_id, beat)
     with torch.no_grad():
-        expected = reference.eval()(torch.from_numpy(beat)).numpy()
+        expected = _final_model(client, run, cfg, tmp_path / "dl")(torch.from_numpy(beat)).numpy()
     assert logits.shape == (1, 5)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
     # The signature says what to send: float32 (n, 1, 256) beats; the metadata names the classes.
@@ -279,12 +292,10 @@ def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, 
 def test_a_model_trained_on_standardized_rr_is_served_on_the_raw_features(synthetic_db, tmp_path):
     """data.rr.standardize: the logged model takes the packed beats with their raw RR features
     and standardizes them itself, with the statistics the run logged."""
-    import mlflow
     import numpy as np
     import torch
 
     from pfl import config as cfgmod
-    from pfl.models import SmallCNN
     from pfl.run import load_federation
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
@@ -297,19 +308,12 @@ def test_a_model_trained_on_standardized_rr_is_served_on_the_raw_features(synthe
     raw = load_federation(cfgmod.prepare(make_cfg(synthetic_db, tmp_path / "raw", *rr))).clients[0].test.x[:3].numpy()
     stats = json.loads(Path(client.download_artifacts(run.info.run_id, "partition_stats.json",
                                                       str(tmp_path / "dl"))).read_text())["rr_standardize"]
-    mlflow.set_tracking_uri(store_uri(uri))
-    try:
-        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-        logits = np.asarray(served.predict(raw))
-    finally:
-        mlflow.set_tracking_uri(None)
+    served, logits = _serve(uri, run.info.run_id, raw)
     # Oracle: the run's final weights on the beats standardized by hand with the logged statistics.
-    weights = torch.load(client.download_artifacts(run.info.run_id, "global_model.pt", str(tmp_path / "dl")))
-    reference = SmallCNN(**{k: v for k, v in cfg.model.items() if k != "_target_"})
-    reference.load_state_dict(weights)
+    reference = _final_model(client, run, cfg, tmp_path / "dl")
     by_hand = raw.copy()
     by_hand[..., -6:] = (raw[..., -6:] - np.asarray(stats["mean"])) / np.asarray(stats["std"])
     with torch.no_grad():
-        expected = reference.eval()(torch.from_numpy(by_hand.astype(np.float32))).numpy()
+        expected = reference(torch.from_numpy(by_hand.astype(np.float32))).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
     assert served.metadata.metadata["rr_standardize"]["mean"] == stats["mean"]

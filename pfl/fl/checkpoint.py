@@ -33,10 +33,6 @@ class RunContext:
     run_id: str | None = None
     resuming: bool = False
 
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoint_dir / LAST
-
 
 LAST = "last.pt"
 
@@ -51,20 +47,18 @@ class Checkpointer(Callback):
         #: writes and fsyncs the serialized checkpoint off the round's critical path (the ledger's
         #: queue, so the order ledger entry, checkpoint holds); None: at once
         self.writer = writer
-        self.directory, self.config_hash, self.fed_digest = run.checkpoint_dir, run.config_hash, run.fed_digest
-        self.resuming = run.resuming
         # meta: what the checkpoint carried (a resumed run keeps it), with this run's MLflow id
         self.meta = {**(meta or {}), **({"mlflow_run_id": run.run_id} if run.run_id else {})}
 
     @property
     def last(self) -> Path:
-        return self.directory / LAST
+        return self.run.checkpoint_dir / LAST
 
     def on_run_start(self, server) -> None:
         # Temporary files of a run killed mid-write; last.pt itself is intact (write then rename).
-        for torn in self.directory.glob(f".{self.last.name}.*.tmp"):
+        for torn in self.run.checkpoint_dir.glob(f".{self.last.name}.*.tmp"):
             torn.unlink(missing_ok=True)
-        if not self.resuming:  # a fresh run restarts the ledger; an older checkpoint would contradict it
+        if not self.run.resuming:  # a fresh run restarts the ledger; an older checkpoint would contradict it
             self.last.unlink(missing_ok=True)
 
     def on_round_end(self, info: RoundInfo) -> None:
@@ -77,8 +71,8 @@ class Checkpointer(Callback):
             "client_states": info.client_states,
             "server_state": info.server_state,
             "torch_rng": torch.get_rng_state(),
-            "config_hash": self.config_hash,
-            "fed_digest": self.fed_digest,
+            "config_hash": self.run.config_hash,
+            "fed_digest": self.run.fed_digest,
             "ledger_head": getattr(self.ledger, "prev", None),
             "meta": self.meta,
         }, buf)
