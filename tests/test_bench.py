@@ -38,8 +38,13 @@ def test_quick_bench_writes_report_and_results(synthetic_db, tmp_path):
     assert data["records"] == 6 and data["warm_median_s"] > 0
     fixed = sections["fixed"]["result"]
     assert fixed["trainer_construction_ms"] > 0 and fixed["weights_digest_ms"] > 0
+    agree = sections["agreement"]["result"]["settings"]["tiny synthetic"]
+    assert [r["seed"] for r in agree["rows"]] == [0]
+    for key, v in agree["rows"][0].items():
+        if key != "seed":
+            assert v["diff"] == abs(v["exact"] - v["fast"])
     text = report.read_text()
-    for heading in ("Framework overhead", "Strategy cost", "Scaling", "Per-client fixed costs", "4. Data",
+    for heading in ("Framework overhead", "8. Fast path agreement", "Strategy cost", "Scaling", "Per-client fixed costs", "4. Data",
                     "5. Memory", "Threads", "Quick mode"):
         assert heading in text
     assert "| yes |" in text  # the overhead table's equivalence column
