@@ -2,7 +2,8 @@
 
 Per federation, one row per strategy: mean ± std over seeds of the last round's test metrics
 (the personalized model each strategy is evaluated with), the change against FedAvg with a
-two-sided Wilcoxon signed-rank test over (client, seed) pairs of macro-F1 (scipy), and the
+two-sided Wilcoxon signed-rank test of macro-F1 (scipy), one pair per client (each client's
+mean over the seeds both arms ran: seeds of one client are not independent samples), and the
 cost. For the inter-patient federation the clients that never trained (DS2) are reported
 apart: the global model and the adapted one. A cell without a finished run is listed as
 missing, never filled in.
