@@ -100,6 +100,8 @@ class Opts:
     threads: int | None = None
     timeout: int = 900
     max_minutes: float | None = None
+    #: settings of the agreement section to measure (empty: all); the others keep earlier results
+    agreement: tuple[str, ...] = ()
     #: more strategies for the strategies section: name -> overrides (any registered or plugin strategy)
     strategies: dict[str, list[str]] = field(default_factory=dict)
 
@@ -756,16 +758,17 @@ def bench_fast(opts: Opts) -> dict[str, Any]:
     return out
 
 
-def agreement_settings(opts: Opts) -> dict[str, list[str]]:
-    """Where the fast path's final metrics are compared with the exact path's: the reference
-    study's settings, and the clinical inputs of the results preset, each 5 rounds x 5 local
-    epochs (the reference study's local epochs), long enough for training to settle."""
+def agreement_settings(opts: Opts) -> dict[str, tuple[str, list[str]]]:
+    """Where the fast path's final metrics are compared with the exact path's (name -> label,
+    overrides): the reference study's settings, and the clinical inputs of the results preset,
+    each 5 rounds x 5 local epochs (the reference study's local epochs), long enough for
+    training to settle."""
     if opts.quick:
-        return {"tiny synthetic": [*opts.ref, "federation.rounds=2"]}
+        return {"reference": ("tiny synthetic", [*opts.ref, "federation.rounds=2"])}
     budget = ["federation.rounds=5", "federation.local_epochs=5"]
-    return {"reference settings (seed_phase3: CNN-LSTM, Adam)": [*opts.ref, *budget],
-            "clinical inputs (experiment=clinical: two leads + RR, weighted loss, SGD)":
-                ["experiment=clinical", "partition=hospitals", *budget]}
+    return {"reference": ("reference settings (seed_phase3: CNN-LSTM, Adam)", [*opts.ref, *budget]),
+            "clinical": ("clinical inputs (experiment=clinical: two leads + RR, weighted loss, SGD)",
+                         ["experiment=clinical", "partition=hospitals", *budget])}
 
 
 def bench_agreement(opts: Opts) -> dict[str, Any]:
@@ -775,7 +778,9 @@ def bench_agreement(opts: Opts) -> dict[str, Any]:
     store = shared_store(opts, "agreement")
     seeds = (0,) if opts.quick else (0, 1, 2)
     out: dict[str, Any] = {"bf16_native": cpu_supports_bf16(), "tolerance": FAST_TOLERANCE, "settings": {}}
-    for label, over in agreement_settings(opts).items():
+    for name, (label, over) in agreement_settings(opts).items():
+        if opts.agreement and name not in opts.agreement:
+            continue
         rows = []
         for seed in seeds:
             common = [*over, *opts.base(fresh_root(opts, "agreement")), "strategy=none", f"seed={seed}", store]
@@ -785,13 +790,22 @@ def bench_agreement(opts: Opts) -> dict[str, Any]:
             for k in FAST_TOLERANCE:
                 row[k] = {"exact": exact[k], "fast": fast[k], "diff": abs(exact[k] - fast[k])}
             rows.append(row)
-            log(f"agreement [{label.split(' (')[0]}] seed {seed}: "
+            log(f"agreement [{name}] seed {seed}: "
                 + ", ".join(f"{k} {v['diff']:.4f}" for k, v in row.items() if k != "seed"))
         spread = {k: statistics.stdev([r[k]["exact"] for r in rows]) if len(rows) > 1 else float("nan")
                   for k in FAST_TOLERANCE}
         out["settings"][label] = {"overrides": over, "rows": rows, "exact_seed_std": spread,
+                                  "when": time.strftime("%Y-%m-%d %H:%M"),
                                   "holds": all(r[k]["diff"] <= t for r in rows for k, t in FAST_TOLERANCE.items())}
     return out
+
+
+def merge_agreement(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """`--agreement clinical` re-measures one setting: the other settings keep their earlier rows
+    (same machine; each setting carries the date it was measured)."""
+    if not previous:
+        return new
+    return {**new, "settings": {**previous.get("settings", {}), **new["settings"]}}
 
 
 def _md_agreement(o: dict[str, Any]) -> list[str]:
@@ -804,7 +818,7 @@ def _md_agreement(o: dict[str, Any]) -> list[str]:
            "by about that much.", ""]
     for label, r in o["settings"].items():
         over = " ".join(x for x in r["overrides"] if not x.startswith(("data.", "paths.")))
-        out += [f"**{label}** (`{over}`):", "",
+        out += [f"**{label}** (`{over}`; measured {r.get('when', '-')}):", "",
                 "| seed | " + " | ".join(f"{k} exact / fast / abs diff" for k in o["tolerance"]) + " |",
                 "|---|" + "---|" * len(o["tolerance"])]
         for row in r["rows"]:
@@ -1482,6 +1496,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
     p.add_argument("--work", type=Path, default=None, help="scratch directory")
     p.add_argument("--max-minutes", type=float, default=None, help="start no further section after this "
                    "many minutes (default 19: `make bench` must end within 20 on 2 cores); 0 = no limit")
+    p.add_argument("--agreement", default="", help="agreement section: comma-separated settings to measure "
+                   "(reference, clinical; default all); the others keep their earlier results")
     p.add_argument("--list", action="store_true", help="list the sections and exit")
     p.add_argument("--strategy", action="append", default=[], metavar="NAME[:OVERRIDES]",
                    help="time another strategy in the strategies section: a conf/strategy name, or a name and "
@@ -1505,6 +1521,10 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
     o.max_minutes = (19.0 if not a.quick else 0.0) if a.max_minutes is None else a.max_minutes
     if o.repeats < 1 or o.rounds < 1:
         p.error("--repeats and --rounds must be >= 1")
+    o.agreement = tuple(x for x in a.agreement.split(",") if x)
+    known = ("reference", "clinical")
+    if bad := [x for x in o.agreement if x not in known]:
+        p.error(f"unknown agreement setting {bad[0]!r}; choose from {', '.join(known)}")
     if a.quick:
         o.report = REPO / "outputs" / "bench" / "BENCHMARKS.quick.md"
         o.results = REPO / "outputs" / "bench" / "results.quick.json"
@@ -1569,6 +1589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"--- {name}")
         t = time.perf_counter()
         result = RUNNERS[name](opts)
+        if name == "agreement":
+            result = merge_agreement(res["sections"].get(name, {}).get("result"), result)
         res["sections"][name] = {"result": result, "seconds": time.perf_counter() - t,
                                  "when": time.strftime("%Y-%m-%d %H:%M")}
     res["wall_s"] = time.perf_counter() - t_all

@@ -69,3 +69,19 @@ def test_list_names_every_section(capsys):
     assert bench.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in bench.SECTIONS)
+
+
+def test_agreement_remeasures_one_setting_and_keeps_the_others():
+    old = {"tolerance": {"acc": 0.005}, "settings": {"reference": {"rows": [1], "when": "then"},
+                                                     "clinical": {"rows": [2], "when": "then"}}}
+    new = {"tolerance": {"acc": 0.005}, "settings": {"clinical": {"rows": [3], "when": "now"}}}
+    merged = bench.merge_agreement(old, new)
+    assert merged["settings"] == {"reference": {"rows": [1], "when": "then"}, "clinical": {"rows": [3], "when": "now"}}
+    assert bench.merge_agreement(None, new) == new
+
+
+def test_bad_agreement_setting_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--only", "agreement", "--agreement", "clinicl"])
+    assert exc.value.code == 2
+    assert "unknown agreement setting 'clinicl'" in capsys.readouterr().err
