@@ -310,3 +310,16 @@ def test_real_partition_yamls_name_their_function():
     for name in ("hospitals", "patient", "dirichlet", "interpatient"):
         cfg = OmegaConf.load(CONF / f"{name}.yaml")
         assert cfg._target_ == f"pfl.data.partitions.{name}" and cfg.name == name
+
+
+def test_hospitals_full_is_hospitals_with_every_beat(tmp_path):
+    from compose import make_cfg
+
+    ref = make_cfg(tmp_path / "db", tmp_path, "partition=hospitals").partition
+    full = make_cfg(tmp_path / "db", tmp_path, "partition=hospitals_full").partition
+    assert full.name == "hospitals_full" and ref.name == "hospitals"
+    assert list(full.sites) == list(ref.sites)
+    for site, spec in ref.sites.items():
+        assert list(full.sites[site].records) == list(spec.records)
+        assert spec.budget > 0 and full.sites[site].budget is None
+    assert (full.split_by, dict(full.fractions)) == (ref.split_by, dict(ref.fractions))
