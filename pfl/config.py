@@ -37,6 +37,8 @@ def validate(cfg: DictConfig) -> None:
         if unknown:
             raise ConfigError(f"{group}.{unknown[0]}", cfg[group][unknown[0]], f"a key of {group}: " + ", ".join(sorted(known)))
     v.choice("mode", cfg.mode, ("federated", "centralized"))
+    if cfg.get("logger") and "model_format" in cfg.logger:  # before anything trains or is written
+        v.choice("logger.model_format", cfg.logger.model_format, ("pt2", "pickle"))
     v.integer("seed", cfg.seed, minimum=0)
     if not str(cfg.get("objective", "val.")).startswith("val."):
         raise ConfigError("objective", cfg.objective, "a validation metric of the federated clients, val.* "

@@ -279,6 +279,7 @@ def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, 
     # A beat of a synthetic record, cut and normalized by the data pipeline the model trained on.
     beat = load_federation(cfg).clients[0].test.x[:1].numpy()
     served, logits = _serve(uri, run.info.run_id, beat)
+    assert "model.pt2" in {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "model/data")}
     with torch.no_grad():
         expected = _final_model(client, run, cfg, tmp_path / "dl")(torch.from_numpy(beat)).numpy()
     assert logits.shape == (1, 5)
@@ -317,3 +318,37 @@ def test_a_model_trained_on_standardized_rr_is_served_on_the_raw_features(synthe
         expected = reference(torch.from_numpy(by_hand.astype(np.float32))).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
     assert served.metadata.metadata["rr_standardize"]["mean"] == stats["mean"]
+
+
+def test_the_model_can_be_logged_as_pickle_and_serves_the_same_logits(synthetic_db, tmp_path):
+    """logger.model_format=pickle: the cheaper format (no torch.export at run end) serves what
+    the final weights compute."""
+    import numpy as np
+    import torch
+
+    from pfl.run import load_federation
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    cfg = make_cfg(synthetic_db, tmp_path, "logger=mlflow", f"logger.tracking_uri={uri}", "study=pickled",
+                   "logger.model_format=pickle")
+    train(cfg)
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    run = _only_run(client, "pickled")
+    # MLflow tells the formats apart by file: model.pth (pickle) or model.pt2 (torch.export).
+    stored = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "model/data")}
+    assert "model.pth" in stored and "model.pt2" not in stored
+    beat = load_federation(cfg).clients[0].test.x[:1].numpy()
+    _, logits = _serve(uri, run.info.run_id, beat)
+    with torch.no_grad():
+        expected = _final_model(client, run, cfg, tmp_path / "dl")(torch.from_numpy(beat)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_model_format_fails_before_training(synthetic_db, tmp_path):
+    from pfl.errors import ConfigError
+
+    cfg = make_cfg(synthetic_db, tmp_path, "logger=mlflow", f"logger.tracking_uri=sqlite:///{tmp_path}/s.db",
+                   "logger.model_format=onnx")
+    with pytest.raises(ConfigError, match=r"logger.model_format='onnx' is not allowed: expected one of pt2, pickle"):
+        train(cfg)
+    assert not (tmp_path / "s.db").exists()
