@@ -589,13 +589,15 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
         run_pfl(pfl_over + ["federation.rounds=1"])
         first_run = time.perf_counter() - t
         plain_federated(compose_cfg(common + ["federation.rounds=1"]))
-        pfl_runs, plain_runs = [], []
+        pfl_runs, plain_runs, pickled = [], [], []
         identical = True
         # Two runs more than --repeats: the difference measured is small against the machine's noise.
         repeats = opts.repeats + (0 if opts.quick else 2)
         for i in range(repeats):
             p = run_pfl(pfl_over)
             q = plain_federated(compose_cfg(common))
+            # The same run with the model logged as pickle: what torch.export (pt2) costs at run end.
+            pickled.append(run_pfl(pfl_over + ["logger.model_format=pickle"])["total_s"])
             same = same_weights(p["weights"], q.weights)
             scores = q.scores()
             same = same and all(p["metrics"].get(k) == v for k, v in scores.items()) and p["train_loss"] == q.train_loss
@@ -618,6 +620,7 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
             "overrides": common, "rounds": rounds, "identical": identical, "first_run_s": first_run,
             "pfl_total_s": [r["total_s"] for r in pfl_runs], "plain_total_s": [r["total_s"] for r in plain_runs],
             "pfl_total_median_s": pt, "plain_total_median_s": qt, "ratio_total": pt / qt,
+            "pfl_pickle_total_s": pickled, "ratio_total_pickle": median(pickled) / qt,
             # The fastest run of each is the least disturbed by other processes on the machine.
             "ratio_total_min": min(r["total_s"] for r in pfl_runs) / min(r["total_s"] for r in plain_runs),
             "pfl_rounds_median_s": pl_, "plain_rounds_median_s": ql, "ratio_rounds": pl_ / ql,
@@ -1303,6 +1306,12 @@ def _md_overhead(o: dict[str, Any]) -> list[str]:
                    f"evaluation {r['pfl_eval_median_s'] - r['plain_eval_median_s']:+.2f}s, per-round callbacks "
                    f"(MLflow metrics, ledger, checkpoint) {per_round_cb:+.2f}s, end of run (tables, figures, the "
                    f"MLflow model, upload) {r['pfl_finalize_median_s']:+.2f}s.")
+    for label, r in runs.items():
+        if "ratio_total_pickle" in r:
+            out.append(f"- {label}, the same runs with the model logged as pickle (`logger.model_format=pickle`, "
+                       f"no torch.export at run end): whole run {median(r['pfl_pickle_total_s']):.2f}s, "
+                       f"{r['ratio_total_pickle']:.3f}x the plain loop (target ≤ {OVERHEAD_TARGETS['ratio_total']:.2f}x: "
+                       f"{'met' if r['ratio_total_pickle'] <= OVERHEAD_TARGETS['ratio_total'] else 'NOT met'}).")
     for label, r in runs.items():
         cb = r["callbacks_median_s"]
         top = sorted(cb.items(), key=lambda kv: -kv[1])[:4]

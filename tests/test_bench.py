@@ -26,6 +26,7 @@ def test_quick_bench_writes_report_and_results(synthetic_db, tmp_path):
     over = sections["overhead"]["result"]["small model (cnn)"]
     assert over["identical"] is True  # same weights, train loss and per-client metrics
     assert over["ratio_total"] > 0 and len(over["pfl_total_s"]) == 1
+    assert len(over["pfl_pickle_total_s"]) == 1  # the pickle-format run beside each repeat
     strat = sections["strategies"]["result"]["runs"]
     assert strat["none"]["ratio_vs_none"] == 1.0 and strat["perfedavg-fo"]["round_median_s"] > 0
     assert strat["none"]["ledger_per_round_s"] > 0  # the ledger hook ran and was timed
