@@ -246,12 +246,13 @@ def _serve(uri: str, run_id: str, x):
     import mlflow
     import numpy as np
 
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store_uri(uri))
     try:
         served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
         return served, np.asarray(served.predict(x))
-    finally:
-        mlflow.set_tracking_uri(None)
+    finally:  # not None: MLflow's default then is ./mlflow.db in the working directory
+        mlflow.set_tracking_uri(previous)
 
 
 def _final_model(client, run, cfg, dest: Path):
@@ -278,8 +279,8 @@ def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, 
     run = _only_run(client, "served")
     # A beat of a synthetic record, cut and normalized by the data pipeline the model trained on.
     beat = load_federation(cfg).clients[0].test.x[:1].numpy()
-    assert "model.pt2" in {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "model/data")}
     served, logits = _serve(uri, run.info.run_id, beat)
+    assert "model.pt2" in {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "model/data")}
     with torch.no_grad():
         expected = _final_model(client, run, cfg, tmp_path / "dl")(torch.from_numpy(beat)).numpy()
     assert logits.shape == (1, 5)
