@@ -21,6 +21,9 @@ NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "fed
            "data.rr.standardize": False}
 
 
+#: logger.model_format: how mlflow.pytorch.log_model stores the run's final model
+MODEL_FORMATS = ("pt2", "pickle")
+
 #: the keys of these groups; a key added with `+group.key=...` would otherwise be ignored silently
 KNOWN_KEYS = {
     "federation": {"rounds", "local_epochs", "local_steps", "clients_per_round", "eval_every", "test_every",
@@ -38,7 +41,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{group}.{unknown[0]}", cfg[group][unknown[0]], f"a key of {group}: " + ", ".join(sorted(known)))
     v.choice("mode", cfg.mode, ("federated", "centralized"))
     if cfg.get("logger") and "model_format" in cfg.logger:  # before anything trains or is written
-        v.choice("logger.model_format", cfg.logger.model_format, ("pt2", "pickle"))
+        v.choice("logger.model_format", cfg.logger.model_format, MODEL_FORMATS)
     v.integer("seed", cfg.seed, minimum=0)
     if not str(cfg.get("objective", "val.")).startswith("val."):
         raise ConfigError("objective", cfg.objective, "a validation metric of the federated clients, val.* "

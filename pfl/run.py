@@ -43,8 +43,7 @@ def load_federation(cfg: DictConfig) -> Federation:
     beats = load_beats(cfg.data)
     fed = build_federation(beats, cfg.partition, cfg.seed)
     if beats.rr_features and parse_rr(cfg.data.get("rr")).get("standardize"):
-        fed, stats = standardize(fed, beats.rr_features)
-        fed.rr_stats = stats
+        fed = standardize(fed, beats.rr_features)
     return fed
 
 

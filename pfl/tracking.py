@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pfl.background import InOrder
 from pfl.config import flatten
-from pfl.errors import ConfigError, PflError
+from pfl.errors import PflError
 from pfl.fl.callbacks import Callback, RoundInfo
 from pfl.metrics import METRICS
 
@@ -146,10 +146,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
-#: logger.model_format: how mlflow.pytorch.log_model stores the final model
-MODEL_FORMATS = ("pt2", "pickle")
-
-
 def open_client(uri: str, key: str = "logger.tracking_uri", fix: str = "or use logger=none"):
     """An MlflowClient on `uri` whose store is known to answer, or one clear PflError naming the
     setting `key` the URI came from.
@@ -217,10 +213,6 @@ class MlflowTracker(Callback):
         self.artifacts = artifacts if artifacts is not None else ArtifactWriter(
             cfg, Path(tempfile.mkdtemp(prefix="pfl-artifacts-")))
         self.uri = str(cfg.logger.tracking_uri)
-        #: serialization_format of mlflow.pytorch.log_model, checked here: not after the run has trained
-        self.model_format = str(cfg.logger.get("model_format", "pt2"))
-        if self.model_format not in MODEL_FORMATS:
-            raise ConfigError("logger.model_format", self.model_format, " | ".join(MODEL_FORMATS))
         self.client = open_client(self.uri)
         # Some artifact repositories (the server's proxied mlflow-artifacts:) resolve the tracking
         # URI globally.
@@ -403,7 +395,7 @@ class MlflowTracker(Callback):
             with mlflow.start_run(run_id=self.run_id):
                 mlflow.pytorch.log_model(
                     model, name="model", signature=infer_signature(example, logits), input_example=example,
-                    metadata=metadata, serialization_format=self.model_format,
+                    metadata=metadata, serialization_format=str(self.cfg.logger.get("model_format", "pt2")),
                     # The installed versions: inferring requirements would load the model again.
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                                       f"numpy=={np.__version__}"])

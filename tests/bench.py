@@ -1531,7 +1531,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Opts, argparse.Namespace]:
     if o.repeats < 1 or o.rounds < 1:
         p.error("--repeats and --rounds must be >= 1")
     o.agreement = tuple(x for x in a.agreement.split(",") if x)
-    known = ("reference", "clinical")
+    known = tuple(agreement_settings(Opts()))
     if bad := [x for x in o.agreement if x not in known]:
         p.error(f"unknown agreement setting {bad[0]!r}; choose from {', '.join(known)}")
     if a.quick:

@@ -105,8 +105,8 @@ def parse_rr(cfg: Any) -> dict[str, Any]:
 def standardize(fed, k: int):
     """The federation with its last `k` input samples (the RR features) standardized by the
     mean and std of the federated clients' training beats, the same shift and scale for every
-    client and split (the unseen clients' own beats never set them). Returns the federation
-    and the statistics {"mean": [...], "std": [...]}.
+    client and split (the unseen clients' own beats never set them). The statistics
+    {"mean": [...], "std": [...]} travel with it as `rr_stats` (None where nothing trains).
 
     Why: the beats are z-scored per beat while the RR features sit near 0.8-1.0 with a spread of
     0.2, so an S beat's shorter interval is a small change on a large offset; standardized, it
@@ -120,7 +120,7 @@ def standardize(fed, k: int):
 
     rows = [c.train.x[:, 0, -k:].double() for c in fed.training_clients if len(c.train)]
     if not rows or k <= 0:
-        return fed, None
+        return fed
     pooled = torch.cat(rows)
     mean, std = pooled.mean(0), pooled.std(0, unbiased=False)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a constant feature is left centred
@@ -134,7 +134,7 @@ def standardize(fed, k: int):
 
     clients = [dataclasses.replace(c, train=scaled(c.train), val=scaled(c.val), test=scaled(c.test))
                for c in fed.clients]
-    return dataclasses.replace(fed, clients=clients), {"mean": mean.tolist(), "std": std.tolist()}
+    return dataclasses.replace(fed, clients=clients, rr_stats={"mean": mean.tolist(), "std": std.tolist()})
 
 
 def select(raw: np.ndarray, rr: Mapping[str, Any]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     make run && make ui ARGS="--port 5055" &
     pip install playwright pillow mlflow   # drives the system Chromium: no browser download
-    python outputs/docs/screenshot.py [outputs/mlflow.db] [5055]
+    python tests/screenshot.py [outputs/mlflow.db] [5055]
 """
 
 import json
