@@ -118,3 +118,23 @@ def test_clients_per_round_and_eval_every(synthetic_db, tmp_path):
 def test_clients_per_round_above_the_number_of_clients_is_an_error(synthetic_db, tmp_path):
     with pytest.raises(ConfigError, match=r"federation.clients_per_round=7.*\[1, 6\]"):
         train(make_cfg(synthetic_db, tmp_path, "federation.clients_per_round=7"))
+
+
+@pytest.mark.parametrize("strategy", ["none", "fedrep"])
+def test_progress_display_notes_test_accuracy_with_and_without_a_global_model(synthetic_db, tmp_path, strategy):
+    # FedRep has no single global model: its rounds report personal metrics only, and the
+    # progress line must show those rather than fail on the missing global ones.
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    result = train(make_cfg(synthetic_db, tmp_path, f"strategy={strategy}", "trainer.progress=true"),
+                   console=Console(file=out, width=200, force_terminal=False))
+    personal = f"{100 * result.metrics['test.personal.acc.mean']:.2f}"
+    text = out.getvalue()
+    if strategy == "none":
+        assert f"test acc {100 * result.metrics['test.global.acc.mean']:.2f} -> {personal}" in text
+    else:
+        assert "test.global.acc.mean" not in result.metrics
+        assert f"test acc {personal}" in text

@@ -35,8 +35,10 @@ class RichProgress(Callback):
     def on_round_end(self, info: RoundInfo) -> None:
         m = info.metrics
         note = f"loss {m['train_loss']:.3f}"
-        if "test.personal.acc.mean" in m:
-            note += f"  test acc {100 * m['test.global.acc.mean']:.2f} -> {100 * m['test.personal.acc.mean']:.2f}"
+        # Strategies without one global model (FedRep, FedPer, ...) report personal metrics only.
+        acc = [f"{100 * m[k]:.2f}" for k in ("test.global.acc.mean", "test.personal.acc.mean") if k in m]
+        if acc:
+            note += "  test acc " + " -> ".join(acc)
         self.progress.update(self.round_task, advance=1, note=note)
 
     def on_run_end(self, result) -> None:
