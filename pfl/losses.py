@@ -10,7 +10,9 @@ already classifies well. Class weights: `balanced` = n / (k * n_c) over the fede
 training labels (scikit-learn's "balanced" formula; a class with no training beat gets 0,
 since it never appears as a label), `client` = the same formula over each client's own
 training labels (a site where S beats are 1% weighs them more than one where they are 10%),
-or an explicit list, one weight per class. The loss goes
+or an explicit list, one weight per class. `max_weight` caps the computed weights: with the
+balanced formula a class of 2 beats among 3,000 weighs over 300, so one such beat in a batch
+outweighs everything else in it; a cap keeps the rare class up-weighted without that. The loss goes
 through `Context.criterion`, so every strategy (and evaluation-time fine-tuning) uses it.
 """
 
@@ -83,6 +85,11 @@ def balanced_weights(counts: Sequence[int]) -> list[float]:
     return out.tolist()
 
 
+def capped(weights: Sequence[float], max_weight: float | None) -> list[float]:
+    """Each weight at most `max_weight` (None: unchanged)."""
+    return list(weights) if max_weight is None else [min(float(w), max_weight) for w in weights]
+
+
 def build_loss(cfg: Any, classes: Sequence[str], train_counts: Sequence[int],
                client_counts: dict[str, Sequence[int]] | None = None) -> ClassLoss:
     """The configured loss; `train_counts` are the federated clients' training labels per class,
@@ -91,20 +98,27 @@ def build_loss(cfg: Any, classes: Sequence[str], train_counts: Sequence[int],
     gamma = cfg.get("gamma", 0.0)
     if not isinstance(gamma, int | float) or isinstance(gamma, bool) or not 0 <= float(gamma) <= 10:
         raise ConfigError("loss.gamma", gamma, "a number in [0, 10] (0: cross-entropy, 2: the focal paper's)")
+    cap = cfg.get("max_weight")
+    if cap is not None and (not isinstance(cap, int | float) or isinstance(cap, bool) or not float(cap) > 0):
+        raise ConfigError("loss.max_weight", cap, "null (no cap) or a number > 0")
+    cap = None if cap is None else float(cap)
     weights = cfg.get("weights")
     if weights is None:
+        if cap is not None:
+            raise ConfigError("loss.max_weight", cap, "null: it caps class weights and loss.weights is null "
+                              "(set loss.weights, e.g. loss=weighted)")
         return ClassLoss(None, gamma)
     if isinstance(weights, str):
         if weights not in WEIGHTINGS:
             raise ConfigError("loss.weights", weights, "null, balanced, client, or a list of one weight per class "
                               f"{list(classes)}")
         if weights == "client":
-            return PerClientLoss({cid: balanced_weights(c) for cid, c in (client_counts or {}).items()},
-                                 balanced_weights(train_counts), gamma)
-        return ClassLoss(balanced_weights(train_counts), gamma)
+            return PerClientLoss({cid: capped(balanced_weights(c), cap) for cid, c in (client_counts or {}).items()},
+                                 capped(balanced_weights(train_counts), cap), gamma)
+        return ClassLoss(capped(balanced_weights(train_counts), cap), gamma)
     values = list(weights)
     if len(values) != len(classes) or not all(isinstance(v, int | float) and v >= 0 for v in values) \
             or not any(v > 0 for v in values):
         raise ConfigError("loss.weights", values, f"{len(classes)} weights >= 0, one per class {list(classes)}, "
                           "not all 0")
-    return ClassLoss([float(v) for v in values], gamma)
+    return ClassLoss(capped([float(v) for v in values], cap), gamma)

@@ -63,6 +63,9 @@ def test_balanced_weights_are_sklearns_and_absent_classes_get_zero():
     ({"weights": [1, 2]}, r"loss.weights=\[1, 2\].*5 weights"),
     ({"weights": [0, 0, 0, 0, 0]}, r"not all 0"),
     ({"gamma": -1}, "loss.gamma=-1"),
+    ({"weights": "balanced", "max_weight": 0}, "loss.max_weight=0.*> 0"),
+    ({"weights": "balanced", "max_weight": "ten"}, "loss.max_weight='ten'"),
+    ({"weights": None, "max_weight": 10}, r"loss.max_weight=10.0.*loss.weights is null"),
 ])
 def test_bad_losses_are_one_clear_error(cfg, key):
     with pytest.raises(ConfigError, match=key):
@@ -130,6 +133,27 @@ def test_client_weights_follow_the_client_that_trains():
         full = np.zeros(5)
         full[np.flatnonzero(counts)] = w
         assert float(loss(zt, yt)) == pytest.approx(_hand(z, y, full), rel=1e-6), cid
+
+
+@pytest.mark.parametrize("weights", ["balanced", "client", [1.0, 40.0, 2.0, 300.0, 0.5]])
+def test_max_weight_caps_each_class_weight(weights):
+    # A federation like `hospitals` at its reference budget: 2 Q beats weigh over 300 balanced.
+    z, y = _batch(3, n=11)
+    counts_a, counts_b = [2631, 153, 270, 29, 2], [900, 3, 40, 0, 0]
+    total = list(np.add(counts_a, counts_b))
+    loss = build_loss({"weights": weights, "max_weight": 10}, CLASSES, total, {"a": counts_a, "b": counts_b})
+    zt, yt = torch.tensor(z, dtype=torch.float64), torch.tensor(y)
+    for cid, counts in (("a", counts_a), ("b", counts_b)):
+        loss.use(cid)
+        if weights == "client" or weights == "balanced":
+            own = counts if weights == "client" else total
+            present = np.flatnonzero(own)
+            full = np.zeros(5)
+            full[present] = compute_class_weight("balanced", classes=present, y=np.repeat(np.arange(5), own))
+        else:
+            full = np.asarray(weights)
+        assert full.max() > 10  # the cap has something to cap
+        assert float(loss(zt, yt)) == pytest.approx(_hand(z, y, np.minimum(full, 10.0)), rel=1e-6), cid
 
 
 def test_client_weights_are_set_for_every_client_that_trains(synthetic_db, tmp_path, monkeypatch):
