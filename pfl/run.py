@@ -127,6 +127,10 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
 def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     cfgmod.prepare(cfg)
     strategy = build_strategy(cfg.strategy, cfg.get("adapt"))  # bad hyperparameters fail before data loads
+    from pfl.losses import build_loss
+
+    # The same for the loss: its settings checked on placeholder counts, before data loads.
+    build_loss(cfg.get("loss"), list(cfg.data.classes), [1] * len(cfg.data.classes))
     workers = int(cfg.trainer.get("workers", 1))
     # null: the cores this process may run on (a Slurm job's or container's CPU set, not the
     # node's); with worker processes, one thread each.
@@ -147,8 +151,6 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
 
     def model_factory():
         return hydra.utils.instantiate(cfg.model).to(device)
-
-    from pfl.losses import build_loss
 
     # Class weights (loss.weights=balanced) come from the training clients' labels.
     counts = np.bincount(np.concatenate([c.train.y.numpy() for c in train_clients]), minlength=len(fed.classes))

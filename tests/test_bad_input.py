@@ -93,6 +93,10 @@ CONFIG_ROWS = [
     (["data.classes=[N,S]"], ["data.aami=", "one symbol list for each class in data.classes ['N', 'S']",
                               "not in data.classes: ['V', 'F', 'Q']"]),
     (["data.classes=[N,N,V]"], ["data.classes=['N', 'N', 'V']", "distinct class names"]),
+    (["loss=weighted", "loss.weights=inverse"], ["loss.weights='inverse'", "null, balanced, client"]),
+    (["loss=focal", "loss.gamma=-1"], ["loss.gamma=-1", "a number in [0, 10]"]),
+    (["loss=weighted", "loss.max_weight=0"], ["loss.max_weight=0", "a number > 0"]),
+    (["loss.max_weight=10"], ["loss.max_weight=10.0", "loss.weights is null"]),
 ]
 
 
