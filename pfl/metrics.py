@@ -90,8 +90,9 @@ def confusion(preds: torch.Tensor, target: torch.Tensor, n_classes: int) -> np.n
 
 
 def _counts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """tp, support (true) and predicted per class, of one confusion matrix or a stack (..., k, k)."""
     cm = np.asarray(cm, dtype=np.float64)
-    return np.diag(cm), cm.sum(1), cm.sum(0)  # tp, support (true), predicted
+    return np.diagonal(cm, axis1=-2, axis2=-1), cm.sum(-1), cm.sum(-2)
 
 
 def _per_class_f1(cm: np.ndarray) -> np.ndarray:
@@ -100,8 +101,14 @@ def _per_class_f1(cm: np.ndarray) -> np.ndarray:
     return np.divide(2 * tp, denom, out=np.full_like(tp, np.nan), where=denom > 0)
 
 
-def _macro(values: np.ndarray, mask: np.ndarray) -> float:
-    return float(values[mask].mean()) if mask.any() else float("nan")
+def _macro(values: np.ndarray, mask: np.ndarray) -> float | np.ndarray:
+    if values.ndim == 1:
+        return float(values[mask].mean()) if mask.any() else float("nan")
+    # A stack of matrices (the bootstrap's draws): the same sums in the same order (a masked
+    # class adds 0.0), so each row equals the one-matrix value bit for bit.
+    n = mask.sum(-1)
+    total = np.where(mask, values, 0.0).sum(-1)
+    return np.divide(total, n, out=np.full(total.shape, np.nan), where=n > 0)
 
 
 def accuracy(cm: np.ndarray, classes: list[str]) -> float:
@@ -161,6 +168,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("f1_present", "macro-F1 (present classes)", macro_f1_present),
     Metric("f1_nsvf", "macro-F1 (N, S, V, F)", macro_f1_nsvf),
 )}
+#: metrics that take a stack of confusion matrices (..., k, k) as well as one
+_STACKED = (macro_f1, macro_f1_present, macro_f1_nsvf)
 PER_CLASS: dict[str, ClassMetric] = {m.name: m for m in (
     ClassMetric("f1", "F1", _per_class_f1),
     ClassMetric("se", "sensitivity (Se)", sensitivity, AAMI_SCORED),
@@ -229,7 +238,10 @@ def bootstrap_ci(cm: np.ndarray, classes: list[str], metric: str = "f1", n: int 
         return float("nan"), float("nan")
     fn = METRICS[metric].fn
     draws = np.random.default_rng(seed).multinomial(total, cm.ravel() / total, size=n)
-    vals = np.array([fn(d.reshape(cm.shape), classes) for d in draws])
+    if fn in _STACKED:  # all draws at once (a per-patient federation has hundreds of clients)
+        vals = np.asarray(fn(draws.reshape(n, *cm.shape), classes), dtype=np.float64)
+    else:
+        vals = np.array([fn(d.reshape(cm.shape), classes) for d in draws])
     vals = vals[~np.isnan(vals)]
     if not len(vals):
         return float("nan"), float("nan")

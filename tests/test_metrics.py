@@ -114,3 +114,29 @@ def test_per_class_families_cover_the_aami_classes():
     assert set(PER_CLASS) == {"f1", "se", "ppv"}
     got = scores(cm_of(np.arange(5), np.arange(5)), CLASSES)
     assert {k for k in got if k.startswith(("se_", "ppv_"))} == {f"{f}_{c}" for f in ("se", "ppv") for c in "NSVF"}
+
+
+@pytest.mark.parametrize("metric", ["f1", "f1_present", "f1_nsvf", "acc"])
+def test_bootstrap_draws_are_scored_as_sklearn_scores_each_resample(metric):
+    # The interval is the percentile of the metric over multinomial redraws of the confusion
+    # matrix's cells (pfl.metrics.bootstrap_ci's documented procedure); each redraw scored here
+    # by scikit-learn on the beats it stands for.
+    y = np.array([0] * 30 + [1] * 4 + [2] * 9 + [3] * 2)
+    rng = np.random.default_rng(5)
+    p = np.where(rng.random(len(y)) < 0.75, y, rng.choice(5, len(y)))
+    cm = cm_of(y, p)
+    n = 300
+    draws = np.random.default_rng(7).multinomial(cm.sum(), cm.ravel() / cm.sum(), size=n)
+    vals = []
+    for d in draws:
+        cells = np.repeat(np.arange(25), d)
+        yt, yp = cells // 5, cells % 5
+        if metric == "acc":
+            vals.append(accuracy_score(yt, yp))
+            continue
+        labels = {"f1": np.union1d(yt, yp), "f1_present": np.unique(yt),
+                  "f1_nsvf": np.intersect1d(np.union1d(yt, yp), [0, 1, 2, 3])}[metric]
+        vals.append(f1_score(yt, yp, labels=labels, average="macro", zero_division=0))
+    want = np.quantile(vals, [0.025, 0.975])
+    got = bootstrap_ci(cm, CLASSES, metric, n=n, seed=7)
+    assert got == pytest.approx(tuple(want), rel=1e-9, abs=1e-12)
