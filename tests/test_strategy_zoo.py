@@ -4,11 +4,13 @@ against the same steps done by hand in numpy, plus every strategy end to end on 
 from __future__ import annotations
 
 import functools
+import io
 
 import numpy as np
 import pytest
 import torch
 from compose import make_cfg
+from rich.console import Console
 from torch import nn
 
 from pfl.data.types import Client, Split
@@ -262,9 +264,15 @@ def test_every_strategy_runs_and_reports_the_models_it_has(synthetic_db, tmp_pat
     # Tracked for FedAvg and for every strategy without a global model (the path that differs).
     tracked = name == "none" or not strategy.has_global
     logger = ["logger=mlflow", f"logger.tracking_uri={uri}", "study=zoo"] if tracked else []
-    cfg = make_cfg(synthetic_db, tmp_path, f"strategy={name}", "federation.rounds=1", *logger, *extra)
-    result = train(cfg)
+    # With the progress display on (as `pfl` runs in a terminal): its round note reads the
+    # metrics each strategy has.
+    cfg = make_cfg(synthetic_db, tmp_path, f"strategy={name}", "federation.rounds=1", "trainer.progress=true",
+                   *logger, *extra)
+    out = io.StringIO()
+    result = train(cfg, console=Console(file=out, width=200))
     m = result.metrics
+    accs = [f"{100 * m[k]:.2f}" for k in ("test.global.acc.mean", "test.personal.acc.mean") if k in m]
+    assert "test acc " + " -> ".join(accs) in out.getvalue()
     f1 = np.array([m[f"client.s0{i}.test.personal.f1"] for i in range(1, 7)])
     assert np.isfinite(f1).all() and m["test.personal.f1.mean"] == pytest.approx(f1.mean())
     assert ("test.global.f1.mean" in m) == strategy.has_global, sorted(k for k in m if ".global." in k)[:5]
