@@ -18,8 +18,12 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 #: keys that change results only when set away from these values: left out of the hash at them,
 #: so adding such a key kept every earlier run's identity
 NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "federation.test_every": None,
-           "data.rr.standardize": False, "loss.max_weight": None}
+           "data.rr.standardize": False, "loss.max_weight": None,
+           "partition.val_records": []}
 
+
+#: what an objective (model selection, searches) may read: validation metrics only
+OBJECTIVE_PREFIXES = ("val.", "heldout.val.")
 
 #: logger.model_format: how mlflow.pytorch.log_model stores the run's final model
 MODEL_FORMATS = ("pt2", "pickle")
@@ -43,9 +47,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("logger") and "model_format" in cfg.logger:  # before anything trains or is written
         v.choice("logger.model_format", cfg.logger.model_format, MODEL_FORMATS)
     v.integer("seed", cfg.seed, minimum=0)
-    if not str(cfg.get("objective", "val.")).startswith("val."):
-        raise ConfigError("objective", cfg.objective, "a validation metric of the federated clients, val.* "
-                          "(searches never tune on test, nor on the unseen clients reported as held out)",
+    if not str(cfg.get("objective", "val.")).startswith(OBJECTIVE_PREFIXES):
+        raise ConfigError("objective", cfg.objective, "a validation metric: val.* of the federated clients, or "
+                          "heldout.val.* of the patients held out of training to validate "
+                          "(partition.val_records); searches never tune on test, nor on the unseen clients",
                           "e.g. objective=val.personal.f1.mean")
     if not isinstance(cfg.resume, bool | str):
         raise ConfigError("resume", cfg.resume, "true, false or a checkpoint path")

@@ -170,6 +170,9 @@ def load_runs(client, experiment) -> tuple[list[RunData], dict[str, int]]:
         found = list(dict.fromkeys(m["cid"] for k in metrics if (m := _CLIENT_METRIC.match(k))))
         tagged = [c for c in tags.get("clients", "").split(",") if c]
         clients = [c for c in tagged if c in found] + sorted((c for c in found if c not in tagged), key=_natural)
+        # Patients held out to validate have no test beats: their numbers are heldout.val.*.
+        heldout = set(tags.get("heldout_clients", "").split(","))
+        clients = [c for c in clients if c not in heldout]
         seed = params.get("seed", tags.get("seed", "0"))
         out.append(RunData(
             run_id=r.info.run_id, name=r.info.run_name or r.info.run_id, seed=int(seed) if seed.isdigit() else 0,

@@ -130,8 +130,10 @@ def load_grid(name: str, extra: list[str] | None = None) -> Grid:
         raise ConfigError("grid tune.federation", tune.get("federation"), "one of the grid's federations: "
                           + ", ".join(feds))
     objective = str(tune.get("objective", "val.personal.f1.mean"))
-    if not objective.startswith("val."):
-        raise ConfigError("grid tune.objective", objective, "a val.* metric (never test)")
+    from pfl.config import OBJECTIVE_PREFIXES
+
+    if not objective.startswith(OBJECTIVE_PREFIXES):
+        raise ConfigError("grid tune.objective", objective, "a val.* or heldout.val.* metric (never test)")
     tune.update(budget=budget, objective=objective, federation=tune.get("federation", next(iter(feds))),
                 seed=int(tune.get("seed", seeds[0])))
     root = Path(os.environ.get("PFL_ROOT_DIR", "."))

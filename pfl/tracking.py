@@ -279,11 +279,14 @@ class MlflowTracker(Callback):
         # The report needs to know which clients never trained (inter-patient DS2); metric names
         # alone do not say.
         # The order of `clients` is the order tables list them in.
-        unseen = [c.cid for c in server.eval_clients if not c.federated]
+        unseen = [c.cid for c in server.eval_clients if not c.federated and not c.heldout]
+        heldout = [c.cid for c in server.eval_clients if c.heldout]
         tags = {"n_clients": str(len(server.eval_clients)),
                 "clients": _joined([c.cid for c in server.eval_clients])}
         if unseen:
             tags["unseen_clients"] = _joined(unseen)
+        if heldout:
+            tags["heldout_clients"] = _joined(heldout)
         from mlflow.entities import RunTag
 
         _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])

@@ -323,3 +323,29 @@ def test_hospitals_full_is_hospitals_with_every_beat(tmp_path):
         assert list(full.sites[site].records) == list(spec.records)
         assert spec.budget > 0 and full.sites[site].budget is None
     assert (full.split_by, dict(full.fractions)) == (ref.split_by, dict(ref.fractions))
+
+
+def test_interpatient_val_records_are_held_out_patients_with_every_beat_in_val(beats):
+    fed = fed_of(beats, "interpatient", val_records=["s02", "s04"])
+    assert [c.cid for c in fed.training_clients] == ["s01", "s03", "s05"]
+    held = [c for c in fed.clients if c.heldout]
+    assert [c.cid for c in held] == ["s02", "s04"]
+    for c in held:
+        assert not c.federated and len(c.train) == 0 and len(c.test) == 0
+        assert ids(c.val) == {(c.cid, int(s)) for s in beats.records[c.cid].sample}
+    # DS2 stays as it was: unseen, adapting on its first minutes.
+    assert [c.cid for c in fed.clients if not c.federated and not c.heldout] == ["s06", "s07", "s08"]
+    plain = fed_of(beats, "interpatient")
+    assert {c.cid: ids(c.test) for c in plain.clients if c.cid in ("s01", "s06")} == \
+        {c.cid: ids(c.test) for c in fed.clients if c.cid in ("s01", "s06")}
+    assert fed.digest() != plain.digest()
+
+
+@pytest.mark.parametrize("held, match", [
+    (["s06"], r"partition.val_records=\['s06'\].*not in ds1"),
+    (["s02", "s02"], r"partition.val_records=\['s02', 's02'\].*distinct"),
+    (["s01", "s02", "s03", "s04", "s05"], "leaving at least one DS1 record to train"),
+])
+def test_interpatient_bad_val_records(beats, held, match):
+    with pytest.raises(ConfigError, match=match):
+        fed_of(beats, "interpatient", val_records=held)

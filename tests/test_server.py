@@ -138,3 +138,22 @@ def test_progress_display_notes_test_accuracy_with_and_without_a_global_model(sy
     else:
         assert "test.global.acc.mean" not in result.metrics
         assert f"test acc {personal}" in text
+
+
+@pytest.mark.parametrize("strategy", ["none", "fedrep", "ditto"])
+def test_interpatient_val_records_validate_on_patients_that_never_train(synthetic_db, tmp_path, strategy):
+    # s02 is held out of training to validate: its beats are all val, it never trains, and its
+    # scores are reported as heldout.val.* apart from the federated clients' val.
+    cfg = make_cfg(synthetic_db, tmp_path, "partition=interpatient", "partition.ds1=[s01,s02,s03,s04]",
+                   "partition.ds2=[s05,s06]", "partition.val_records=[s02]", "partition.adapt_minutes=2",
+                   f"strategy={strategy}", "objective=heldout.val.global.f1.mean" if strategy != "fedrep"
+                   else "objective=heldout.val.personal.f1.mean")
+    result = train(cfg)
+    m = result.metrics
+    for model in ("global", "personal") if strategy != "fedrep" else ("personal",):
+        assert m[f"heldout.val.{model}.f1.mean"] == pytest.approx(m[f"client.s02.val.{model}.f1"])
+        fed = [m[f"client.{c}.val.{model}.f1"] for c in ("s01", "s03", "s04")]
+        assert m[f"val.{model}.f1.mean"] == pytest.approx(sum(fed) / 3)
+    assert m["client.s02.val.n"] > 0 and m["client.s02.test.n"] == 0
+    assert not any(k.startswith("heldout.test.") for k in m)
+    assert {c.cid for c in result.evaluation.clients if c.heldout} == {"s02"}

@@ -128,8 +128,9 @@ def test_a_search_cannot_optimize_a_test_metric(synthetic_db, tmp_path):
     from pfl.errors import ConfigError
     from pfl.run import train
 
-    with pytest.raises(ConfigError, match="objective='test.personal.f1.mean' is not allowed"):
-        train(make_cfg(synthetic_db, tmp_path, "strategy=perfedavg", "objective=test.personal.f1.mean"))
+    for bad in ("test.personal.f1.mean", "heldout.test.global.f1.mean", "unseen.val.global.f1.mean"):
+        with pytest.raises(ConfigError, match=f"objective='{bad}' is not allowed"):
+            train(make_cfg(synthetic_db, tmp_path, "strategy=perfedavg", f"objective={bad}"))
 
 
 def _preset(name: str, *overrides: str):

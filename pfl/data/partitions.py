@@ -469,13 +469,19 @@ def interpatient(
     val_fraction: float = 0.2,
     split_by: str = "time",
     name: str = "interpatient",
+    val_records: Sequence[Any] = (),
 ) -> Federation:
     """de Chazal's inter-patient division (the record lists live in conf/partition/interpatient.yaml;
     paced records 102, 104, 107, 217 are in neither): DS1 records are the federated clients (each splits
     its own beats train / val / test by `fractions`: by time in consecutive blocks a window
     apart, or `split_by=beat` at random); DS2 records are unseen clients
     (federated=False) whose first adapt_minutes are their adaptation data (train, with a
-    val part) and the rest their test data. No patient is in both."""
+    val part) and the rest their test data. No patient is in both.
+
+    `val_records`: DS1 records held out of training to validate on patients the model never
+    saw (heldout=True: every beat in val, reported as `heldout.val.*`). A DS1 client's own val
+    split comes from the same patients that train, so it cannot tell how a setting generalizes
+    to new patients; these can, without touching DS2."""
     d1 = _records(beats, ds1, "partition.ds1")
     d2 = _records(beats, ds2, "partition.ds2")
     both = sorted(set(d1) & set(d2))
@@ -485,12 +491,24 @@ def interpatient(
             both,
             "disjoint record lists (a DS2 patient must be unseen in training)",
         )
+    held = [_resolve_id(beats, str(r)) for r in (_plain(val_records) or [])]
+    outside = [r for r in held if r not in d1]
+    if outside or len(set(held)) < len(held) or (held and len(set(held)) >= len(d1)):
+        raise ConfigError("partition.val_records", held,
+                          "distinct records of partition.ds1, leaving at least one DS1 record to train"
+                          + (f" ({outside} not in ds1)" if outside else ""))
+    held_ids = set(held)
     fr = _fractions(fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
     val_fraction = _check_val_fraction(val_fraction, "partition.val_fraction")
     clients = []
     split_by = _check_split_by(split_by)
     for r in d1:
         pool = _Pool(beats, [r])
+        if r in held_ids:
+            none = np.zeros(0, np.int64)
+            clients.append(Client(cid=r, train=pool.split(none), val=pool.split(np.arange(len(pool))),
+                                  test=pool.split(none), records=[r], federated=False, heldout=True))
+            continue
         parts = _split(pool, np.arange(len(pool)), fr, _rng(seed, name, r), split_by, f"record {r}")
         clients.append(_client(r, pool, *parts, records=[r]))
     for r in d2:

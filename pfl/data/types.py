@@ -100,6 +100,9 @@ class Client:
     # False for clients that never train in the federation (inter-patient DS2):
     # they are evaluated and may adapt on their own train split, nothing more.
     federated: bool = True
+    # A patient held out of training to validate on patients the model never saw: every beat
+    # is in val (no train, no test); reported as `heldout.val.*`. Implies federated=False.
+    heldout: bool = False
 
     def split(self, name: str) -> Split:
         return getattr(self, name)
@@ -123,7 +126,7 @@ class Federation:
         """SHA-256 over every client's split contents: identifies the partition exactly."""
         h = hashlib.sha256()
         for c in self.clients:
-            h.update(f"{c.cid}|{int(c.federated)}|".encode())
+            h.update(f"{c.cid}|{int(c.federated)}|{'heldout|' if c.heldout else ''}".encode())
             for s in ("train", "val", "test"):
                 sp = c.split(s)
                 h.update(sp.x.numpy().tobytes())

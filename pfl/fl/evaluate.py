@@ -36,12 +36,15 @@ class Evaluation:
     cms: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
 
     def groups(self) -> dict[str, list[Client]]:
-        """Federated clients are reported plainly; clients that never trained under `unseen.`."""
-        out = {"": [c for c in self.clients if c.federated], "unseen.": [c for c in self.clients if not c.federated]}
+        """Federated clients are reported plainly; patients held out of training to validate
+        under `heldout.`; the other clients that never trained under `unseen.`."""
+        out = {"": [c for c in self.clients if c.federated],
+               "heldout.": [c for c in self.clients if not c.federated and c.heldout],
+               "unseen.": [c for c in self.clients if not c.federated and not c.heldout]}
         return {k: v for k, v in out.items() if v}
 
     def metrics(self) -> dict[str, float]:
-        """Flat metric names: `[unseen.]<split>.<model>.<metric>.<mean|wmean|worst|std|pooled>`
+        """Flat metric names: `[unseen.|heldout.]<split>.<model>.<metric>.<mean|wmean|worst|std|pooled>`
         for every metric of pfl.metrics.METRICS, pooled per-class `<split>.<model>.<se|ppv|f1>_<c>.pooled`,
         and per client `client.<cid>.<split>.<model>.<metric>`."""
         out: dict[str, float] = {}
@@ -66,6 +69,8 @@ class Evaluation:
         (`ci` resamples; 0 for none), and the personalized per-class scores."""
         rows = []
         for c in self.clients:
+            if not len(c.split(split)):  # a patient held out to validate has no test beats
+                continue
             # Strategies without one global model (FedPer, FedBN, local) have personal scores only.
             g = self.scores.get((split, "global"), {}).get(c.cid, empty_scores())
             p = self.scores[(split, "personal")][c.cid]
