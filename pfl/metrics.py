@@ -149,6 +149,8 @@ class Metric:
     name: str
     title: str
     fn: Callable[[np.ndarray, list[str]], float]
+    #: fn also scores a stack of matrices (..., k, k) at once (the bootstrap's draws)
+    stacks: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,10 @@ class ClassMetric:
 #: Add a metric here and it reaches evaluation, MLflow, the tables, progress and pfl-report.
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("acc", "accuracy", accuracy),
-    Metric("f1", "macro-F1", macro_f1),
-    Metric("f1_present", "macro-F1 (present classes)", macro_f1_present),
-    Metric("f1_nsvf", "macro-F1 (N, S, V, F)", macro_f1_nsvf),
+    Metric("f1", "macro-F1", macro_f1, stacks=True),
+    Metric("f1_present", "macro-F1 (present classes)", macro_f1_present, stacks=True),
+    Metric("f1_nsvf", "macro-F1 (N, S, V, F)", macro_f1_nsvf, stacks=True),
 )}
-#: metrics that take a stack of confusion matrices (..., k, k) as well as one
-_STACKED = (macro_f1, macro_f1_present, macro_f1_nsvf)
 PER_CLASS: dict[str, ClassMetric] = {m.name: m for m in (
     ClassMetric("f1", "F1", _per_class_f1),
     ClassMetric("se", "sensitivity (Se)", sensitivity, AAMI_SCORED),
@@ -238,7 +238,7 @@ def bootstrap_ci(cm: np.ndarray, classes: list[str], metric: str = "f1", n: int 
         return float("nan"), float("nan")
     fn = METRICS[metric].fn
     draws = np.random.default_rng(seed).multinomial(total, cm.ravel() / total, size=n)
-    if fn in _STACKED:  # all draws at once (a per-patient federation has hundreds of clients)
+    if METRICS[metric].stacks:  # all draws at once (a per-patient federation has hundreds of clients)
         vals = np.asarray(fn(draws.reshape(n, *cm.shape), classes), dtype=np.float64)
     else:
         vals = np.array([fn(d.reshape(cm.shape), classes) for d in draws])

@@ -279,8 +279,8 @@ class MlflowTracker(Callback):
         # The report needs to know which clients never trained (inter-patient DS2); metric names
         # alone do not say.
         # The order of `clients` is the order tables list them in.
-        unseen = [c.cid for c in server.eval_clients if not c.federated and not c.heldout]
-        heldout = [c.cid for c in server.eval_clients if c.heldout]
+        unseen = [c.cid for c in server.eval_clients if c.role == "unseen"]
+        heldout = [c.cid for c in server.eval_clients if c.role == "heldout"]
         tags = {"n_clients": str(len(server.eval_clients)),
                 "clients": _joined([c.cid for c in server.eval_clients])}
         if unseen:

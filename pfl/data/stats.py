@@ -33,7 +33,7 @@ class ClientStats:
     records: list[str]
     counts: dict[str, np.ndarray]  # split -> (n_classes,) beats per class
     jsd: float  # JS divergence of this client's labels (all splits) from the pooled labels
-    heldout: bool = False  # held out of training to validate (partition.val_records)
+    role: str = "federated"  # federated | heldout | unseen (pfl.data.types.Client.role)
 
     @property
     def total(self) -> np.ndarray:
@@ -65,7 +65,7 @@ class FederationStats:
                 {
                     "cid": c.cid,
                     "federated": c.federated,
-                    "heldout": c.heldout,
+                    "role": c.role,
                     "records": c.records,
                     "counts": {s: v.tolist() for s, v in c.counts.items()},
                     "jsd": c.jsd,
@@ -143,7 +143,7 @@ def federation_stats(fed: Federation) -> FederationStats:
             records=list(c.records),
             counts=counts,
             jsd=js_divergence(sum(counts.values()), pooled),
-            heldout=c.heldout,
+            role=c.role,
         )
         for c, counts in per_client
     ]
@@ -181,7 +181,7 @@ def print_stats(fed: Federation, console=None) -> FederationStats:
         for i, s in enumerate(SPLITS):
             table.add_row(
                 c.cid if i == 0 else "",
-                ("fed" if c.federated else "held out" if c.heldout else "unseen") if i == 0 else "",
+                {"federated": "fed", "heldout": "held out"}.get(c.role, c.role) if i == 0 else "",
                 s,
                 str(int(c.counts[s].sum())),
                 *(str(int(v)) for v in c.counts[s]),

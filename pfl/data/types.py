@@ -104,6 +104,11 @@ class Client:
     # is in val (no train, no test); reported as `heldout.val.*`. Implies federated=False.
     heldout: bool = False
 
+    @property
+    def role(self) -> str:
+        """federated | heldout | unseen: what the client is for, and the prefix of its group's metrics."""
+        return "federated" if self.federated else "heldout" if self.heldout else "unseen"
+
     def split(self, name: str) -> Split:
         return getattr(self, name)
 

@@ -38,10 +38,12 @@ class Evaluation:
     def groups(self) -> dict[str, list[Client]]:
         """Federated clients are reported plainly; patients held out of training to validate
         under `heldout.`; the other clients that never trained under `unseen.`."""
-        out = {"": [c for c in self.clients if c.federated],
-               "heldout.": [c for c in self.clients if not c.federated and c.heldout],
-               "unseen.": [c for c in self.clients if not c.federated and not c.heldout]}
-        return {k: v for k, v in out.items() if v}
+        out: dict[str, list[Client]] = {}
+        for role, prefix in (("federated", ""), ("heldout", "heldout."), ("unseen", "unseen.")):
+            members = [c for c in self.clients if c.role == role]
+            if members:
+                out[prefix] = members
+        return out
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names: `[unseen.|heldout.]<split>.<model>.<metric>.<mean|wmean|worst|std|pooled>`
