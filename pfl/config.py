@@ -19,7 +19,7 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 #: so adding such a key kept every earlier run's identity
 NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "federation.test_every": None,
            "data.rr.standardize": False, "loss.max_weight": None,
-           "partition.val_records": []}
+           "partition.val_records": [], "partition.common_records": [], "partition.common_per_class": None}
 
 
 #: what an objective (model selection, searches) may read: validation metrics only

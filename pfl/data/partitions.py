@@ -163,7 +163,7 @@ def _client(
 
 
 def _time_split(
-    pool: _Pool, minutes: float, val_fraction: float, rng: np.random.Generator, key: str
+    pool: _Pool, minutes: float, val_fraction: float, key: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First `minutes` of the record (by R-peak time) -> train then val (its last
     `val_fraction`, contiguous), the rest -> test; a beat window apart at each boundary."""
@@ -339,6 +339,41 @@ def hospitals(
     return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
 
+#: The common training set of the patient-specific protocol (Hu et al. 1997, Kiranyaz et al.
+#: 2016): per class, how many beats to draw from the common records (fewer where fewer exist).
+COMMON_PER_CLASS = {"N": 75, "S": 75, "V": 75, "F": 13, "Q": 7}
+
+
+def _common_set(beats: BeatSet, seed: int, name: str, records: Any, per_class: Any,
+                train_minutes: float, val_fraction: float) -> tuple[_Pool, np.ndarray]:
+    """The beats every client adds to its training data: per class up to `per_class[c]` beats
+    drawn (seeded) from the training part of the common records. Only training beats: the
+    published protocol draws from whole records, which puts their test beats in training."""
+    recs = _records(beats, records, "partition.common_records")
+    counts = dict(COMMON_PER_CLASS) if per_class is None else _plain(per_class)
+    if not isinstance(counts, Mapping) or any(c not in beats.classes for c in counts) or any(
+            not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts.values()):
+        raise ConfigError("partition.common_per_class", counts,
+                          f"null ({COMMON_PER_CLASS}) or a mapping from classes of {list(beats.classes)} "
+                          "to beat counts >= 0")
+    pool = _Pool(beats, recs)
+    train = []
+    for r in recs:
+        mine = np.flatnonzero(pool.record == r)
+        tr, _, _ = _time_split(_Pool(beats, [r]), train_minutes, val_fraction, "partition.train_minutes")
+        train.append(mine[tr])
+    train = np.concatenate(train) if train else np.zeros(0, np.int64)
+    rng = _rng(seed, name, "common")
+    chosen = []
+    for c, n in counts.items():
+        have = train[pool.y[train] == beats.classes.index(c)]
+        if len(have) < n:
+            log.info("partition.common_per_class: %d %s beats in the common records' training part, not %d",
+                     len(have), c, n)
+        chosen.append(rng.choice(have, size=min(n, len(have)), replace=False))
+    return pool, np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
 def patient(
     beats: BeatSet,
     seed: int,
@@ -346,18 +381,36 @@ def patient(
     train_minutes: float = 5.0,
     val_fraction: float = 0.2,
     name: str = "patient",
+    common_records: Sequence[Any] = (),
+    common_per_class: Mapping[str, int] | None = None,
 ) -> Federation:
     """One client per record (AAMI patient-specific protocol): beats with their R peak in the
-    first `train_minutes` are the client's train data (a stratified `val_fraction` of them
-    held out as val), the rest of the record its test data."""
+    first `train_minutes` are the client's train data (their last `val_fraction`, a window
+    apart, held out as val), the rest of the record its test data.
+
+    `common_records`: the protocol's common training set (`_common_set`): beats drawn from
+    these records' training parts that every client trains on besides its own (a client's own
+    beats are not added twice). Clients that never see a class in their first minutes keep
+    seeing it, as every published patient-specific result assumes."""
     val_fraction = _check_val_fraction(val_fraction, "partition.val_fraction")
+    common = None
+    if _plain(common_records):
+        common = _common_set(beats, seed, name, common_records, common_per_class, float(train_minutes),
+                             val_fraction)
     clients = []
     for r in _records(beats, records, "partition.records"):
         pool = _Pool(beats, [r])
-        parts = _time_split(
-            pool, float(train_minutes), val_fraction, _rng(seed, name, r), "partition.train_minutes"
-        )
-        clients.append(_client(r, pool, *parts, records=[r]))
+        parts = _time_split(pool, float(train_minutes), val_fraction, "partition.train_minutes")
+        client = _client(r, pool, *parts, records=[r])
+        if common is not None:
+            cpool, cidx = common
+            cidx = cidx[cpool.record[cidx] != r]
+            own = client.train
+            client.train = Split.from_numpy(
+                np.concatenate([own.x.numpy(), cpool.x[cidx]]), np.concatenate([own.y.numpy(), cpool.y[cidx]]),
+                np.concatenate([own.beat_record, cpool.record[cidx]]),
+                np.concatenate([own.beat_sample, cpool.sample[cidx]]))
+        clients.append(client)
     return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
 
@@ -513,9 +566,7 @@ def interpatient(
         clients.append(_client(r, pool, *parts, records=[r]))
     for r in d2:
         pool = _Pool(beats, [r])
-        parts = _time_split(
-            pool, float(adapt_minutes), val_fraction, _rng(seed, name, r), "partition.adapt_minutes"
-        )
+        parts = _time_split(pool, float(adapt_minutes), val_fraction, "partition.adapt_minutes")
         clients.append(_client(r, pool, *parts, federated=False, records=[r]))
     return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
@@ -572,8 +623,7 @@ def institutions(
         val_fraction = _check_val_fraction(val_fraction, "partition.val_fraction")
         for r in by_db[str(unseen)]:
             pool = _Pool(beats, [r])
-            parts = _time_split(pool, float(adapt_minutes), val_fraction, _rng(seed, name, r),
-                                "partition.adapt_minutes")
+            parts = _time_split(pool, float(adapt_minutes), val_fraction, "partition.adapt_minutes")
             fed.clients.append(_client(r, pool, *parts, federated=False, records=[r]))
     return fed
 
