@@ -349,3 +349,84 @@ def test_interpatient_val_records_are_held_out_patients_with_every_beat_in_val(b
 def test_interpatient_bad_val_records(beats, held, match):
     with pytest.raises(ConfigError, match=match):
         fed_of(beats, "interpatient", val_records=held)
+
+
+def _counts(y, k):
+    return np.bincount(np.asarray(y), minlength=k)
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_patient_common_set_adds_the_same_drawn_training_beats_to_every_client(beats, seed):
+    common = ["s01", "s02", "s03"]
+    per_class = {"N": 40, "V": 6, "S": 1000}  # S asks for more than the records hold
+    plain = fed_of(beats, "patient", seed=seed)
+    fed = fed_of(beats, "patient", seed=seed, common_records=common, common_per_class=per_class)
+    own = {c.cid: ids(c.train) for c in plain.clients}
+    # The oracle: the common records' own training beats, by class, from the plain federation.
+    pool = {(str(r), int(s)): beats.classes[int(y)] for c in plain.clients if c.cid in common
+            for r, s, y in zip(c.train.beat_record, c.train.beat_sample, c.train.y, strict=True)}
+    added = {c.cid: ids(c.train) - own[c.cid] for c in fed.clients}
+    drawn = added["s09"]  # a client outside the common records gets the whole set
+    assert drawn <= set(pool), "a common beat that is not a training beat of a common record"
+    got = {k: sum(pool[b] == k for b in drawn) for k in beats.classes}
+    available = {k: sum(v == k for v in pool.values()) for k in beats.classes}
+    assert got == {k: min(per_class.get(k, 0), available[k]) for k in beats.classes}
+    for c in fed.clients:
+        assert len(ids(c.train)) == len(c.train), "a beat twice in one training split"
+        assert own[c.cid] <= ids(c.train)  # every own training beat stays
+        assert added[c.cid] == {b for b in drawn if b[0] != c.cid}  # not its own beats twice
+        # val and test untouched
+        assert (ids(c.val), ids(c.test)) == (ids(next(p for p in plain.clients if p.cid == c.cid).val),
+                                             ids(next(p for p in plain.clients if p.cid == c.cid).test))
+        # each added beat carries its own data and label
+        sp = c.train
+        for k in np.flatnonzero(sp.beat_record != c.cid)[:5]:
+            rb = beats.records[str(sp.beat_record[k])]
+            i = int(np.flatnonzero(rb.sample == sp.beat_sample[k])[0])
+            np.testing.assert_array_equal(sp.x[k, 0].numpy(), rb.x[i])
+            assert int(sp.y[k]) == int(rb.y[i])
+    again = fed_of(beats, "patient", seed=seed, common_records=common, common_per_class=per_class)
+    assert again.digest() == fed.digest()
+
+
+def test_patient_common_set_draw_depends_on_the_seed_and_defaults_to_the_published_counts(beats):
+    common = ["s01", "s02", "s03", "s04"]
+    a = fed_of(beats, "patient", seed=0, common_records=common, common_per_class={"N": 30})
+    b = fed_of(beats, "patient", seed=1, common_records=common, common_per_class={"N": 30})
+    assert ids(a.clients[-1].train) != ids(b.clients[-1].train)
+    published = fed_of(beats, "patient", common_records=common)
+    plain = fed_of(beats, "patient")
+    extra = _counts(published.clients[-1].train.y, 5) - _counts(plain.clients[-1].train.y, 5)
+    want = {"N": 75, "S": 75, "V": 75, "F": 13, "Q": 7}
+    avail = sum(_counts(c.train.y, 5) for c in plain.clients if c.cid in common)
+    assert extra.tolist() == [min(want[k], int(avail[i])) for i, k in enumerate(beats.classes)]
+
+
+@pytest.mark.parametrize("per_class, match", [
+    ({"X": 3}, "partition.common_per_class"),
+    ({"N": -1}, "partition.common_per_class"),
+    ({"N": 2.5}, "partition.common_per_class"),
+    ([75], "partition.common_per_class"),
+])
+def test_patient_bad_common_set(beats, per_class, match):
+    with pytest.raises(ConfigError, match=match):
+        fed_of(beats, "patient", common_records=["s01"], common_per_class=per_class)
+    with pytest.raises(DataError, match="partition.common_records"):
+        fed_of(beats, "patient", common_records=["s01", "zz"])
+
+
+def test_patient_common_preset_and_default_keep_the_config_hash(tmp_path):
+    from compose import make_cfg
+
+    from pfl import config as cfgmod
+
+    synth.write_synthetic_db(tmp_path / "db", records=3)
+    cfg = make_cfg(tmp_path / "db", tmp_path, "partition=patient")
+    legacy = OmegaConf.create(OmegaConf.to_container(cfg))
+    for k in ("common_records", "common_per_class"):
+        del legacy.partition[k]
+    assert cfgmod.config_hash(cfg) == cfgmod.config_hash(legacy)
+    common = make_cfg(tmp_path / "db", tmp_path, "partition=patient_common").partition
+    assert common.common_records == [100, 101, 103, 105, 106, 108, 109, 111, 112, 113, 114, 115, 116, 117, 118,
+                                     119, 121, 122, 123, 124]
+    assert (common.train_minutes, common.val_fraction, common.common_per_class) == (5, 0.2, None)

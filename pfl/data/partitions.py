@@ -402,14 +402,11 @@ def patient(
         pool = _Pool(beats, [r])
         parts = _time_split(pool, float(train_minutes), val_fraction, "partition.train_minutes")
         client = _client(r, pool, *parts, records=[r])
-        if common is not None:
+        if common is not None:  # the common beats after the client's own, none of them its own
             cpool, cidx = common
-            cidx = cidx[cpool.record[cidx] != r]
-            own = client.train
-            client.train = Split.from_numpy(
-                np.concatenate([own.x.numpy(), cpool.x[cidx]]), np.concatenate([own.y.numpy(), cpool.y[cidx]]),
-                np.concatenate([own.beat_record, cpool.record[cidx]]),
-                np.concatenate([own.beat_sample, cpool.sample[cidx]]))
+            cidx, tr = cidx[cpool.record[cidx] != r], parts[0]
+            client.train = Split.from_numpy(*(np.concatenate([getattr(pool, a)[tr], getattr(cpool, a)[cidx]])
+                                              for a in ("x", "y", "record", "sample")))
         clients.append(client)
     return Federation(name=name, classes=list(beats.classes), clients=clients, window=beats.window)
 
