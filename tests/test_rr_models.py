@@ -31,8 +31,9 @@ def _hand(peaks_s: list[float], i: int, causal: bool, k: int = 10) -> dict[str, 
     else:
         window = [pre[j] for j in range(max(0, i - k // 2), min(n, i - k // 2 + k))]
         local, average = sum(window) / len(window), sum(pre) / n
+    sd = float(np.std(window))  # population std of the pre-RRs `local` averages
     return {"pre": pre[i], "post": post[i], "local": local, "average": average,
-            "pre_local": pre[i] / local, "post_local": post[i] / local}
+            "pre_local": pre[i] / local, "post_local": post[i] / local, "local_sd": sd, "local_cv": sd / local}
 
 
 def test_raw_intervals_match_a_hand_computation_including_first_and_last_beat():
@@ -48,6 +49,7 @@ def test_raw_intervals_match_a_hand_computation_including_first_and_last_beat():
             key = "_causal" if causal else ""
             assert got["local" + key] == pytest.approx(h["local"]), (i, causal)
             assert got["average" + key] == pytest.approx(h["average"]), (i, causal)
+            assert got["local_sd" + key] == pytest.approx(h["local_sd"], abs=1e-9), (i, causal)
 
 
 def _write_known_peaks(directory, name="k01", minutes=1.0, seed=0):
@@ -83,7 +85,7 @@ def test_loaded_rr_features_follow_the_annotated_peaks_of_the_record(tmp_path, c
     db = tmp_path / "db"
     db.mkdir()
     peaks = _write_known_peaks(db)
-    names = ["pre", "local", "average", "pre_local"] + ([] if causal else ["post", "post_local"])
+    names = ["pre", "local", "average", "pre_local", "local_sd", "local_cv"] + ([] if causal else ["post", "post_local"])
     cfg = data_config(db, tmp_path / "cache", features=["beat", "rr"], rr={"features": names, "causal": causal})
     rb = wfdb_beats(cfg).records["k01"]
     k = len(names)
@@ -133,9 +135,11 @@ def test_pack_puts_the_features_after_every_channel_window():
     f = np.array([[7, 8], [9, 10]], np.float32)
     out = pack(x, f)
     assert out.tolist() == [[[0, 1, 2, 7, 8], [3, 4, 5, 7, 8]], [[6, 7, 8, 9, 10], [9, 10, 11, 9, 10]]]
-    raw = np.array([[0.5, 1.0, 0.8, 0.7, 0.9, 0.6]])
-    np.testing.assert_allclose(select(raw, {"features": ["pre_local", "average"], "causal": True}),
-                               [[0.5 / 0.7, 0.6]], rtol=1e-6)
+    raw = np.array([[0.5, 1.0, 0.8, 0.7, 0.9, 0.6, 0.05, 0.07]])
+    np.testing.assert_allclose(select(raw, {"features": ["pre_local", "average", "local_cv"], "causal": True}),
+                               [[0.5 / 0.7, 0.6, 0.07 / 0.7]], rtol=1e-6)
+    np.testing.assert_allclose(select(raw, {"features": ["local_sd", "local_cv"], "causal": False}),
+                               [[0.05, 0.05 / 0.8]], rtol=1e-6)
 
 
 def _conv(c_in, c_out, k):

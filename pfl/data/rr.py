@@ -12,7 +12,11 @@ these intervals, measured from the annotated R peaks of the same record:
 - `average`: the mean pre-RR of the whole record, or of the beats up to and including i when
   causal (a running mean: a monitor cannot know the record's future);
 - ratios `pre_local`, `post_local`, `pre_average`, `post_average`, `post_pre`: rhythm relative
-  to the patient's own rate, which is what transfers between patients.
+  to the patient's own rate, which is what transfers between patients;
+- `local_sd`: the standard deviation (population) of the same pre-RRs `local` averages, and
+  `local_cv` = local_sd / local: how irregular the rhythm around the beat is. In atrial
+  fibrillation every beat's pre-RR is "premature" against the local mean; irregularity says
+  that prematurity there is the rhythm, not an ectopic beat.
 
 The intervals come from every beat annotation of the record that maps to a class of
 `data.aami` (also beats whose window leaves the record and is dropped; with a reduced class
@@ -32,7 +36,7 @@ import numpy as np
 from pfl.errors import ConfigError
 
 #: the raw columns cached per beat, in this order
-RAW = ("pre", "post", "local", "local_causal", "average", "average_causal")
+RAW = ("pre", "post", "local", "local_causal", "average", "average_causal", "local_sd", "local_sd_causal")
 #: feature name -> (numerator, denominator or None) over the raw columns; `local`/`average`
 #: resolve to their causal columns when causal
 FEATURES: dict[str, tuple[str, str | None]] = {
@@ -45,6 +49,8 @@ FEATURES: dict[str, tuple[str, str | None]] = {
     "pre_average": ("pre", "average"),
     "post_average": ("post", "average"),
     "post_pre": ("post", "pre"),
+    "local_sd": ("local_sd", None),
+    "local_cv": ("local_sd", "local"),
 }
 DEFAULT_FEATURES = ("pre", "post", "local", "average", "pre_local", "post_local")
 LOCAL_BEATS = 10
@@ -61,17 +67,22 @@ def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_
     pre = np.concatenate([[d[0]], d])
     post = np.concatenate([d, [d[-1]]])
     c = np.concatenate([[0.0], np.cumsum(pre)])  # c[k] = sum of pre[0:k]
+    c2 = np.concatenate([[0.0], np.cumsum(pre * pre)])
 
-    def mean_over(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:  # mean of pre[lo:hi]
-        return (c[hi] - c[lo]) / (hi - lo)
+    def mean_over(lo: np.ndarray, hi: np.ndarray, sums: np.ndarray = c) -> np.ndarray:  # mean of pre[lo:hi]
+        return (sums[hi] - sums[lo]) / (hi - lo)
+
+    def sd_over(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.maximum(mean_over(lo, hi, c2) - mean_over(lo, hi) ** 2, 0.0))
 
     i = np.arange(n)
     k = int(local_beats)
-    local = mean_over(np.clip(i - k // 2, 0, None), np.clip(i - k // 2 + k, None, n))
-    local_causal = mean_over(np.clip(i - k + 1, 0, None), i + 1)
+    centred = (np.clip(i - k // 2, 0, None), np.clip(i - k // 2 + k, None, n))
+    causal = (np.clip(i - k + 1, 0, None), i + 1)
     average = np.full(n, pre.mean())
     average_causal = mean_over(np.zeros(n, dtype=np.int64), i + 1)
-    out[:] = np.stack([pre, post, local, local_causal, average, average_causal], axis=1)
+    out[:] = np.stack([pre, post, mean_over(*centred), mean_over(*causal), average, average_causal,
+                       sd_over(*centred), sd_over(*causal)], axis=1)
     return out
 
 
@@ -141,7 +152,7 @@ def select(raw: np.ndarray, rr: Mapping[str, Any]) -> np.ndarray:
     """(n, k) float32 features named in rr['features'] from the raw columns."""
     col = {name: raw[:, j] for j, name in enumerate(RAW)}
     if rr["causal"]:
-        col["local"], col["average"] = col["local_causal"], col["average_causal"]
+        col["local"], col["average"], col["local_sd"] = col["local_causal"], col["average_causal"], col["local_sd_causal"]
     feats = []
     for name in rr["features"]:
         num, den = FEATURES[name]
