@@ -13,8 +13,7 @@ from pfl.errors import ConfigError
 #: keys that do not change results: left out of the config hash that names checkpoints
 VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.root", "data.cache_dir",
             "data.download", "federation.backend", "federation.ray_address", "federation.eval_batch_size", "trainer.threads",
-            "trainer.progress", "strategy.search", "trainer.engine", "trainer.workers",
-            "trainer.fast_kernels")
+            "trainer.progress", "strategy.search", "trainer.engine", "trainer.workers")
 
 #: keys that change results only when set away from these values: left out of the hash at them,
 #: so adding such a key kept every earlier run's identity
@@ -35,7 +34,7 @@ KNOWN_KEYS = {
                    "batch_size", "eval_batch_size",
                    "optimizer", "dropout", "on_divergence", "backend", "ray_address", "sampling"},
     "trainer": {"engine", "accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "compile",
-                "compile_backend", "threads", "workers", "progress", "fast_kernels"},
+                "compile_backend", "threads", "workers", "progress"},
 }
 
 

@@ -21,7 +21,6 @@ from pfl.fl.callbacks import Callback
 from pfl.fl.checkpoint import LAST, Checkpointer, RunContext, load_checkpoint
 from pfl.fl.server import Result, Server
 from pfl.fl.trainer import build_trainer
-from pfl.models.kernels import fast_kernels
 from pfl.strategies import Context, build_strategy
 
 log = logging.getLogger(__name__)
@@ -150,11 +149,8 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     fcfg = cfg.federation
     optimizer = hydra.utils.instantiate(fcfg.optimizer)
 
-    kernels = bool(cfg.trainer.get("fast_kernels", False)) and device.type == "cpu"
-
     def model_factory():
-        model = hydra.utils.instantiate(cfg.model)
-        return (fast_kernels(model) if kernels else model).to(device)
+        return hydra.utils.instantiate(cfg.model).to(device)
 
     # Class weights (loss.weights=balanced) come from the training clients' labels.
     counts = np.bincount(np.concatenate([c.train.y.numpy() for c in train_clients]), minlength=len(fed.classes))

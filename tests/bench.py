@@ -583,15 +583,13 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
         rounds = opts.rounds
         common = opts.ref + opts.base(root) + ["strategy=none", f"federation.rounds={rounds}",
                                                 "federation.local_epochs=1", *extra]
-        # The framework's cost alone: the stock layers the plain loop runs. pfl's default (its exact
-        # kernels, the same weights) is timed beside it.
-        pfl_over = common + [f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}", "trainer.fast_kernels=false"]
+        pfl_over = common + [f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
         # Warm-up: imports, the first Lightning fit, a fresh MLflow store's schema migration.
         t = time.perf_counter()
         run_pfl(pfl_over + ["federation.rounds=1"])
         first_run = time.perf_counter() - t
         plain_federated(compose_cfg(common + ["federation.rounds=1"]))
-        pfl_runs, plain_runs, pickled, kernels = [], [], [], []
+        pfl_runs, plain_runs, pickled = [], [], []
         identical = True
         # Two runs more than --repeats: the difference measured is small against the machine's noise.
         repeats = opts.repeats + (0 if opts.quick else 2)
@@ -600,10 +598,6 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
             q = plain_federated(compose_cfg(common))
             # The same run with the model logged as pickle: what torch.export (pt2) costs at run end.
             pickled.append(run_pfl(pfl_over + ["logger.model_format=pickle"])["total_s"])
-            k = run_pfl(pfl_over + ["trainer.fast_kernels=true"])
-            same_k = same_weights(k["weights"], q.weights)
-            kernels.append({"total_s": k["total_s"], "rounds_s": sum(x["wall_s"] for x in k["rounds"]),
-                            "identical": same_k})
             same = same_weights(p["weights"], q.weights)
             scores = q.scores()
             same = same and all(p["metrics"].get(k) == v for k, v in scores.items()) and p["train_loss"] == q.train_loss
@@ -638,11 +632,6 @@ def bench_overhead(opts: Opts) -> dict[str, Any]:
             "pfl_eval_median_s": median([sum(x["eval_s"] for x in r["rounds"]) for r in pfl_runs]),
             "plain_eval_median_s": median([sum(x["eval_s"] for x in r["rounds"]) for r in plain_runs]),
             "callbacks_median_s": {k: median(v) for k, v in cb.items()},
-            "kernels": {"total_median_s": median([r["total_s"] for r in kernels]),
-                        "rounds_median_s": median([r["rounds_s"] for r in kernels]),
-                        "ratio_total": median([r["total_s"] for r in kernels]) / qt,
-                        "ratio_rounds": median([r["rounds_s"] for r in kernels]) / ql,
-                        "identical": all(r["identical"] for r in kernels)},
         }
     out["per-patient round"] = _patient_round(opts)
     return out
@@ -662,7 +651,7 @@ def _patient_round(opts: Opts) -> dict[str, Any]:
     else:
         common = ["experiment=patient_specific", *opts.base(root), "strategy=none", "federation.rounds=1",
                   "federation.local_epochs=5"]
-    p = run_pfl(common + [f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}", "trainer.fast_kernels=false"])
+    p = run_pfl(common + [f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
     q = plain_federated(compose_cfg(common))
     same = same_weights(p["weights"], q.weights)
     (pr,), (qr,) = p["rounds"], q.rounds
@@ -687,12 +676,11 @@ def _federation(overrides: Sequence[str]):
 
 #: each lever alone, then all together (trainer=fast); pfl runs with MLflow, like a study's
 FAST_LEVERS = {
-    "Trainer per fit (trainer.engine=trainer), all cores": ["trainer.engine=trainer", "trainer.fast_kernels=false"],
-    "Fabric engine, stock kernels, all cores": ["trainer.fast_kernels=false"],
-    "exact kernels (default: Fabric engine, fp32, all cores)": [],
-    "torch.compile (fabric, inductor)": ["trainer.compile=true", "trainer.fast_kernels=false"],
-    "bf16 autocast (fabric)": ["trainer.precision=bf16-mixed", "trainer.fast_kernels=false"],
-    "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1", "trainer.fast_kernels=false"],
+    "Trainer per fit (trainer.engine=trainer), all cores": ["trainer.engine=trainer"],
+    "exact (default: Fabric engine, all cores)": [],
+    "torch.compile (fabric, inductor)": ["trainer.engine=fabric", "trainer.compile=true"],
+    "bf16 autocast (fabric)": ["trainer.engine=fabric", "trainer.precision=bf16-mixed"],
+    "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1"],
     "trainer=fast (all kept levers)": ["trainer=fast"],
 }
 FAST_TARGET = 1.5  # x faster per FedAvg round than the plain loop
@@ -754,9 +742,7 @@ def bench_fast(opts: Opts) -> dict[str, Any]:
     pat = opts.base(root) + ["partition=patient", "strategy=none", f"federation.rounds={prounds}",
                              "federation.local_epochs=1", store]
     pat += ["model=cnn", "federation.batch_size=16"] if opts.quick else ["model=cnn_lstm"]
-    # "exact": the path before trainer.fast_kernels (stock layers), which the target is against
-    variants = {"exact": ["trainer.fast_kernels=false"], "exact kernels (the default)": [],
-                "trainer=fast": ["trainer=fast"],
+    variants = {"exact": [], "trainer=fast": ["trainer=fast"],
                 "trainer=fast, test at the last round only": ["trainer=fast", f"federation.test_every={prounds}"]}
     runs: dict[str, dict] = {}
     for name, extra in variants.items():
@@ -916,9 +902,7 @@ def _md_fast(o: dict[str, Any]) -> list[str]:
     for k, v in p.items():
         out.append(f"| {k} | {v['round_s']:.2f} | {v['train_s']:.2f} | {v['eval_s']:.2f} | "
                    f"{', '.join(f'{x:.1f}' for x in v['rounds_s'])} | {v['test_f1']:.4f} |")
-    out += ["", "`exact` runs the stock layers (`trainer.fast_kernels=false`), as every run did before the exact "
-            "kernels; the default now trains with them, weights unchanged.", "",
-            f"Against the exact path: trainer=fast {o['patient_speedup']:.2f}x per round; with the test split "
+    out += ["", f"Against the exact path: trainer=fast {o['patient_speedup']:.2f}x per round; with the test split "
             f"evaluated only at the last round (`federation.test_every`) {o['patient_speedup_test_last']:.2f}x.", ""]
     return out
 
@@ -1297,9 +1281,7 @@ def _md_overhead(o: dict[str, Any]) -> list[str]:
            "evaluation; runs interleaved. pfl = `pfl.run.train` with its defaults: Lightning Fabric client "
            "training, server loop, batched evaluation, MLflow (SQLite store in a temp dir; per-round metrics from "
            "a background thread), ledger and checkpoints (written and fsynced in a background queue), run "
-           "artifacts (figures drawn in a child process while the model is logged); progress display off; "
-           "the stock layers the plain loop runs (`trainer.fast_kernels=false`), so the ratio is the framework's "
-           "cost alone (pfl's default kernels are timed below the table). "
+           "artifacts (figures drawn in a child process while the model is logged); progress display off. "
            f"Targets (issue 14): whole run ≤ {OVERHEAD_TARGETS['ratio_total']:.2f}x, rounds only ≤ "
            f"{OVERHEAD_TARGETS['ratio_rounds']:.2f}x, the per-patient round ≤ {PATIENT_ROUND_TARGET:.2f}x.", "",
            "| model | rounds | pfl total s | plain total s | whole run | ratio of fastest runs | pfl rounds s "
@@ -1324,13 +1306,6 @@ def _md_overhead(o: dict[str, Any]) -> list[str]:
                    f"evaluation {r['pfl_eval_median_s'] - r['plain_eval_median_s']:+.2f}s, per-round callbacks "
                    f"(MLflow metrics, ledger, checkpoint) {per_round_cb:+.2f}s, end of run (tables, figures, the "
                    f"MLflow model, upload) {r['pfl_finalize_median_s']:+.2f}s.")
-    for label, r in runs.items():
-        if "kernels" in r:
-            kk = r["kernels"]
-            out.append(f"- {label}, pfl's default (`trainer.fast_kernels=true`: exact max pooling, "
-                       f"pfl/models/kernels.py): whole run {kk['total_median_s']:.2f}s, {kk['ratio_total']:.3f}x the "
-                       f"plain loop; rounds {kk['rounds_median_s']:.2f}s, {kk['ratio_rounds']:.3f}x; same weights as "
-                       f"the plain loop: {'yes' if kk['identical'] else 'NO'}.")
     for label, r in runs.items():
         if "ratio_total_pickle" in r:
             out.append(f"- {label}, the same runs with the model logged as pickle (`logger.model_format=pickle`, "

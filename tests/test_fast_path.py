@@ -192,14 +192,12 @@ def test_new_trainer_keys_keep_earlier_config_hashes(synthetic_db, tmp_path):
     h = cfgmod.config_hash(base)
     # The engine and the worker count do not change results; compile does, once on.
     assert cfgmod.config_hash(make_cfg(synthetic_db, tmp_path, "trainer.engine=fabric", "trainer.workers=2")) == h
-    # Nor do the exact kernels (tests/test_kernels.py: bit-identical weights).
-    assert cfgmod.config_hash(make_cfg(synthetic_db, tmp_path, "trainer.fast_kernels=false")) == h
     assert cfgmod.config_hash(make_cfg(synthetic_db, tmp_path, "trainer.compile=true",
                                        "trainer.engine=fabric")) != h
     from omegaconf import OmegaConf
 
     legacy = OmegaConf.to_container(base)
-    for k in ("engine", "workers", "compile", "compile_backend", "fast_kernels"):
+    for k in ("engine", "workers", "compile", "compile_backend"):
         legacy["trainer"].pop(k)
     assert cfgmod.config_hash(OmegaConf.create(legacy)) == h
 
