@@ -289,6 +289,11 @@ def test_the_logged_model_classifies_a_beat_through_mlflow_pyfunc(synthetic_db, 
     inputs = served.metadata.get_input_schema().inputs[0]
     assert inputs.shape == (-1, 1, 256) and str(inputs.type) == "float32"
     assert served.metadata.metadata["classes"] == ["N", "S", "V", "F", "Q"]
+    # MLflow 3's model page: the logged model is the run's output at its last round, and READY.
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    outputs = client.get_run(run.info.run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [(logged.model_id, int(cfg.federation.rounds))]
+    assert (logged.source_run_id, logged.name, str(logged.status)) == (run.info.run_id, "model", "READY")
 
 
 def test_a_model_trained_on_standardized_rr_is_served_on_the_raw_features(synthetic_db, tmp_path):
