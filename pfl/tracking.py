@@ -348,7 +348,9 @@ class MlflowTracker(Callback):
         self._log_round(info)
         if self._warm is None:  # after round 1: worker processes, if any, are forked by now
             self.artifacts.prewarm()
-            self._warm = threading.Thread(target=_import_model_logging, name="pfl-prewarm-mlflow", daemon=True)
+            pt2 = str(self.cfg.logger.get("model_format", "pt2")) == "pt2"
+            self._warm = threading.Thread(target=_import_model_logging, args=(pt2,), name="pfl-prewarm-mlflow",
+                                          daemon=True)
             self._warm.start()
 
     def _log_model(self, weights: dict[str, torch.Tensor]) -> None:
@@ -405,9 +407,7 @@ class MlflowTracker(Callback):
                 model, name="model", model_id=logged.model_id, signature=infer_signature(example, logits),
                 input_example=example, metadata=metadata,
                 serialization_format=str(self.cfg.logger.get("model_format", "pt2")),
-                # The installed versions: inferring requirements would load the model again.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                                  f"numpy=={np.__version__}"])
+                pip_requirements=_requirements())
         finally:
             mlflow.set_tracking_uri(previous)
         # The run's output, at the round that produced it (what log_model records for a run).
@@ -440,11 +440,28 @@ class MlflowTracker(Callback):
             log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, _first_line(e))
 
 
-def _import_model_logging() -> None:
-    """What logging the model imports (about 0.5 s in a fresh process), loaded while rounds train."""
+def _requirements() -> list[str]:
+    """The logged model's pip requirements: the installed versions (inferring them would load
+    the model again in a child process)."""
+    import mlflow
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+
+
+def _import_model_logging(pt2: bool) -> None:
+    """What logging the model imports (about 0.5 s in a fresh process; torch.export's tracing
+    machinery another 1.0 s), loaded while rounds train, and MLflow's map of installed packages,
+    which its check of the requirements against the environment builds by reading every
+    installed distribution's metadata (about 0.3 s, once per process). Imports only: tracing a
+    model here would patch torch.nn.Module.__call__ under the training thread."""
     try:
         import mlflow.pytorch  # noqa: F401
         from mlflow.models import infer_signature  # noqa: F401
+        from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+        if pt2:
+            import torch.export._trace  # noqa: F401
+        warn_dependency_requirement_mismatches(_requirements())
     except Exception:  # noqa: BLE001 - _log_model imports them again and reports the error there
         pass
 
