@@ -188,10 +188,10 @@ def test_institutions_needs_two_training_sites_and_splits_a_lone_database(tmp_pa
 
 def test_the_mitdb_cache_key_is_unchanged_by_the_new_settings(tmp_path):
     """The hash of mitdb's settings covers exactly the keys it did before sources existed (only
-    the version moved, 1 -> 2, when the cached RR columns grew); svdb's covers its database and
+    the version moved, 1 -> 2 -> 3, when the cached RR columns grew); svdb's covers its database and
     resampling too."""
     s = parse_settings(synth.data_config(tmp_path, tmp_path / "cache"))
-    old = {"version": 2, "lead": s.lead, "lead_fallback": list(s.lead_fallback), "fs": s.fs, "before": s.before,
+    old = {"version": 3, "lead": s.lead, "lead_fallback": list(s.lead_fallback), "fs": s.fs, "before": s.before,
            "after": s.after, "filter": s.filter, "normalize": s.normalize, "classes": list(s.classes),
            "aami": {c: list(s.aami[c]) for c in s.classes}}
     assert s.settings_hash() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]

@@ -6,6 +6,8 @@ into a synthetic WFDB record; parameter counts from the layer formulas by hand.
 
 from __future__ import annotations
 
+import statistics
+
 import numpy as np
 import pytest
 import torch
@@ -32,8 +34,13 @@ def _hand(peaks_s: list[float], i: int, causal: bool, k: int = 10) -> dict[str, 
         window = [pre[j] for j in range(max(0, i - k // 2), min(n, i - k // 2 + k))]
         local, average = sum(window) / len(window), sum(pre) / n
     sd = float(np.std(window))  # population std of the pre-RRs `local` averages
+    m = 32  # pfl.data.rr.IRREGULAR_BEATS
+    js = range(max(0, i - m + 1), i + 1) if causal else range(max(0, i - m // 2), min(n, i - m // 2 + m))
+    steps = [abs(pre[j] - pre[j - 1]) for j in js if j >= 1]
+    irregularity = statistics.median(steps) / statistics.median([pre[j] for j in js]) if steps else 0.0
     return {"pre": pre[i], "post": post[i], "local": local, "average": average,
-            "pre_local": pre[i] / local, "post_local": post[i] / local, "local_sd": sd, "local_cv": sd / local}
+            "pre_local": pre[i] / local, "post_local": post[i] / local, "local_sd": sd, "local_cv": sd / local,
+            "irregularity": irregularity}
 
 
 def test_raw_intervals_match_a_hand_computation_including_first_and_last_beat():
@@ -50,6 +57,29 @@ def test_raw_intervals_match_a_hand_computation_including_first_and_last_beat():
             assert got["local" + key] == pytest.approx(h["local"]), (i, causal)
             assert got["average" + key] == pytest.approx(h["average"]), (i, causal)
             assert got["local_sd" + key] == pytest.approx(h["local_sd"], abs=1e-9), (i, causal)
+            assert got["irregularity" + key] == pytest.approx(h["irregularity"], abs=1e-12), (i, causal)
+
+
+def test_irregularity_tells_atrial_fibrillation_from_ectopic_beats_in_sinus_rhythm():
+    """Sinus rhythm at 0.8 s with one premature beat (0.5 s, pause 1.1 s) every 12 beats keeps
+    the median successive change at 0: most intervals repeat. Irregular intervals (uniform
+    0.4-1.2 s, as in atrial fibrillation) move it to the median |difference| of the draws."""
+    rng = np.random.default_rng(0)
+    sinus = [0.5 if j % 12 == 6 else 1.1 if j % 12 == 7 else 0.8 for j in range(200)]
+    af = rng.uniform(0.4, 1.2, 200).tolist()
+    for intervals, low in ((sinus, True), (af, False)):
+        peaks = np.round(np.cumsum([1.0, *intervals]) * FS).astype(np.int64)
+        raw = dict(zip(RAW, raw_intervals(peaks, FS).T, strict=True))
+        mid = raw["irregularity"][40:160]
+        if low:
+            assert mid.max() < 1e-9
+        else:  # |U - U'| of two uniforms over 0.8 has median 0.8 (1 - 1/sqrt(2)); over a median RR near 0.8
+            assert np.median(mid) == pytest.approx((1 - 2 ** -0.5) * 0.8 / 0.8, abs=0.08)
+    # Where the ectopic beat is, the local coefficient of variation says irregular: 10 intervals
+    # of 0.8 s but one 0.5 and one 1.1 have mean 0.8 and std sqrt(2 * 0.3^2 / 10).
+    peaks = np.round(np.cumsum([1.0, *sinus]) * FS).astype(np.int64)
+    cv = select(raw_intervals(peaks, FS), {"features": ["local_cv"], "causal": False})[:, 0]
+    assert cv[40:160].max() == pytest.approx((2 * 0.3 ** 2 / 10) ** 0.5 / 0.8, rel=1e-4)
 
 
 def _write_known_peaks(directory, name="k01", minutes=1.0, seed=0):
@@ -85,7 +115,8 @@ def test_loaded_rr_features_follow_the_annotated_peaks_of_the_record(tmp_path, c
     db = tmp_path / "db"
     db.mkdir()
     peaks = _write_known_peaks(db)
-    names = ["pre", "local", "average", "pre_local", "local_sd", "local_cv"] + ([] if causal else ["post", "post_local"])
+    names = ["pre", "local", "average", "pre_local", "local_sd", "local_cv", "irregularity"] + (
+        [] if causal else ["post", "post_local"])
     cfg = data_config(db, tmp_path / "cache", features=["beat", "rr"], rr={"features": names, "causal": causal})
     rb = wfdb_beats(cfg).records["k01"]
     k = len(names)
@@ -135,11 +166,11 @@ def test_pack_puts_the_features_after_every_channel_window():
     f = np.array([[7, 8], [9, 10]], np.float32)
     out = pack(x, f)
     assert out.tolist() == [[[0, 1, 2, 7, 8], [3, 4, 5, 7, 8]], [[6, 7, 8, 9, 10], [9, 10, 11, 9, 10]]]
-    raw = np.array([[0.5, 1.0, 0.8, 0.7, 0.9, 0.6, 0.05, 0.07]])
-    np.testing.assert_allclose(select(raw, {"features": ["pre_local", "average", "local_cv"], "causal": True}),
-                               [[0.5 / 0.7, 0.6, 0.07 / 0.7]], rtol=1e-6)
-    np.testing.assert_allclose(select(raw, {"features": ["local_sd", "local_cv"], "causal": False}),
-                               [[0.05, 0.05 / 0.8]], rtol=1e-6)
+    raw = np.array([[0.5, 1.0, 0.8, 0.7, 0.9, 0.6, 0.05, 0.07, 0.02, 0.03]])
+    np.testing.assert_allclose(select(raw, {"features": ["pre_local", "average", "local_cv", "irregularity"],
+                                            "causal": True}), [[0.5 / 0.7, 0.6, 0.07 / 0.7, 0.03]], rtol=1e-6)
+    np.testing.assert_allclose(select(raw, {"features": ["local_sd", "local_cv", "irregularity"], "causal": False}),
+                               [[0.05, 0.05 / 0.8, 0.02]], rtol=1e-6)
 
 
 def _conv(c_in, c_out, k):

@@ -45,7 +45,7 @@ from pfl.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 # Bump whenever the beat extraction code changes what it produces: old caches then miss.
-CACHE_VERSION = 2  # 2: the RR irregularity columns (local_sd, local_sd_causal)
+CACHE_VERSION = 3  # 2: the RR irregularity columns (local_sd, local_sd_causal); 3: irregularity
 
 SOURCE_SUFFIXES = (".hea", ".dat", ".atr")
 DATABASE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")

@@ -16,7 +16,15 @@ these intervals, measured from the annotated R peaks of the same record:
 - `local_sd`: the standard deviation (population) of the same pre-RRs `local` averages, and
   `local_cv` = local_sd / local: how irregular the rhythm around the beat is. In atrial
   fibrillation every beat's pre-RR is "premature" against the local mean; irregularity says
-  that prematurity there is the rhythm, not an ectopic beat.
+  that prematurity there is the rhythm, not an ectopic beat. But one premature beat and its
+  pause make the 10 beats around it irregular too, so these cannot tell an ectopic beat in
+  sinus rhythm from atrial fibrillation;
+- `irregularity`: the median absolute change between successive pre-RRs over the
+  `IRREGULAR_BEATS` beats around the beat (centred; causal: the beat and those before it),
+  over the median pre-RR of the same beats. An isolated premature beat and its pause change two
+  or three of those successive intervals, which leaves the median at the sinus rhythm's small
+  variation; in atrial fibrillation most successive intervals differ, and the median says so
+  (the median successive difference is the robust core of RR-based AF detectors).
 
 The intervals come from every beat annotation of the record that maps to a class of
 `data.aami` (also beats whose window leaves the record and is dropped; with a reduced class
@@ -36,7 +44,8 @@ import numpy as np
 from pfl.errors import ConfigError
 
 #: the raw columns cached per beat, in this order
-RAW = ("pre", "post", "local", "local_causal", "average", "average_causal", "local_sd", "local_sd_causal")
+RAW = ("pre", "post", "local", "local_causal", "average", "average_causal", "local_sd", "local_sd_causal",
+       "irregularity", "irregularity_causal")
 #: feature name -> (numerator, denominator or None) over the raw columns; `local`/`average`
 #: resolve to their causal columns when causal
 FEATURES: dict[str, tuple[str, str | None]] = {
@@ -51,9 +60,13 @@ FEATURES: dict[str, tuple[str, str | None]] = {
     "post_pre": ("post", "pre"),
     "local_sd": ("local_sd", None),
     "local_cv": ("local_sd", "local"),
+    "irregularity": ("irregularity", None),
 }
 DEFAULT_FEATURES = ("pre", "post", "local", "average", "pre_local", "post_local")
 LOCAL_BEATS = 10
+#: beats over which `irregularity` takes its medians: long enough that an isolated ectopic beat
+#: (two or three changed intervals) does not move them, short enough for paroxysmal episodes
+IRREGULAR_BEATS = 32
 
 
 def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_BEATS) -> np.ndarray:
@@ -81,8 +94,30 @@ def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_
     causal = (np.clip(i - k + 1, 0, None), i + 1)
     average = np.full(n, pre.mean())
     average_causal = mean_over(np.zeros(n, dtype=np.int64), i + 1)
+    m = IRREGULAR_BEATS
+    wide = (np.clip(i - m // 2, 0, None), np.clip(i - m // 2 + m, None, n))
+    wide_causal = (np.clip(i - m + 1, 0, None), i + 1)
     out[:] = np.stack([pre, post, mean_over(*centred), mean_over(*causal), average, average_causal,
-                       sd_over(*centred), sd_over(*causal)], axis=1)
+                       sd_over(*centred), sd_over(*causal), _irregularity(pre, *wide),
+                       _irregularity(pre, *wide_causal)], axis=1)
+    return out
+
+
+def _irregularity(pre: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per beat, median |pre[j] - pre[j-1]| over j in [max(lo, 1), hi) over median pre[lo:hi]
+    (0 where the window holds no successive pair). Windows padded with NaN, one nanmedian."""
+    n = len(pre)
+    width = int((hi - lo).max())
+    idx = lo[:, None] + np.arange(width)[None, :]
+    inside = idx < hi[:, None]
+    safe = np.minimum(idx, n - 1)
+    rr = np.where(inside, pre[safe], np.nan)
+    step = np.abs(pre[safe] - pre[np.maximum(safe - 1, 0)])
+    step = np.where(inside & (idx >= 1), step, np.nan)
+    has = np.isfinite(step).any(axis=1)
+    out = np.zeros(n)
+    if has.any():
+        out[has] = np.nanmedian(step[has], axis=1) / np.maximum(np.nanmedian(rr[has], axis=1), 1e-6)
     return out
 
 
@@ -152,7 +187,8 @@ def select(raw: np.ndarray, rr: Mapping[str, Any]) -> np.ndarray:
     """(n, k) float32 features named in rr['features'] from the raw columns."""
     col = {name: raw[:, j] for j, name in enumerate(RAW)}
     if rr["causal"]:
-        col["local"], col["average"], col["local_sd"] = col["local_causal"], col["average_causal"], col["local_sd_causal"]
+        for name in ("local", "average", "local_sd", "irregularity"):
+            col[name] = col[f"{name}_causal"]
     feats = []
     for name in rr["features"]:
         num, den = FEATURES[name]
