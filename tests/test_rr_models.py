@@ -13,6 +13,7 @@ import pytest
 import torch
 import wfdb
 from synth import data_config
+from torch import nn
 
 from pfl.data.rr import RAW, pack, parse_rr, raw_intervals, select
 from pfl.errors import ConfigError
@@ -320,3 +321,57 @@ def test_standardized_rr_features_use_the_training_clients_statistics(synthetic_
                                                                   "data.rr.standardize=true"))
     with pytest.raises(ConfigError, match="data.rr.standardize"):
         parse_rr({"standardize": "yes"})
+
+
+@pytest.mark.parametrize("cls", [SmallCNN, CNNLSTM])
+def test_the_models_pooling_trains_the_weights_of_torchs_max_pooling_bit_for_bit(cls):
+    """pfl.models.pooling.MaxPool1d against nn.MaxPool1d of the same kernel in a copy of the
+    model: same logits, same weights after Adam steps, on inputs rounded to produce ties
+    inside pooling windows (both must route a window's gradient to its first maximum)."""
+    import copy
+
+    from pfl.models.pooling import MaxPool1d
+
+    torch.manual_seed(0)
+    ours = cls()
+    theirs = copy.deepcopy(ours)
+    swapped = 0
+    for mod in list(theirs.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, MaxPool1d):
+                setattr(mod, child_name, nn.MaxPool1d(child.kernel_size))
+                swapped += 1
+    assert swapped == (2 if cls is SmallCNN else 3)
+    assert not any(type(m) is MaxPool1d for m in theirs.modules())
+    g = torch.Generator().manual_seed(1)
+    opts = [torch.optim.Adam(m.parameters(), 1e-2) for m in (ours, theirs)]
+    for step in range(3):
+        x = torch.round(torch.randn(16, 1, 256, generator=g) * 2) / 2
+        y = torch.randint(0, 5, (16,), generator=g)
+        for m, opt in zip((ours, theirs), opts, strict=True):
+            torch.manual_seed(step)  # the same dropout masks
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    with torch.inference_mode():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
+
+
+@pytest.mark.parametrize("k,length", [(2, 256), (4, 256), (2, 127), (4, 9)])
+def test_pfl_max_pooling_gives_torchs_values_and_gradients_with_ties(k, length):
+    """Half-integer inputs tie inside most windows; the gradient must reach the first maximum
+    of each window, as torch's max pooling sends it (a trailing partial window is dropped)."""
+    from pfl.models.pooling import MaxPool1d
+
+    g = torch.Generator().manual_seed(k + length)
+    x = torch.round(torch.randn(8, 3, length, generator=g)) / 2
+    ties = (x[..., : length // k * k].unflatten(-1, (-1, k)).diff(dim=-1) == 0).any(-1).float().mean()
+    assert ties > 0.2
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = nn.functional.max_pool1d(a, k), MaxPool1d(k)(b)
+    w = torch.randn(ya.shape, generator=g)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)

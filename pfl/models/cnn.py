@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from pfl.models.inputs import RRBranch, check_input, split_input
+from pfl.models.pooling import MaxPool1d
 
 
 class SmallCNN(nn.Module):
@@ -21,8 +22,8 @@ class SmallCNN(nn.Module):
             return [nn.BatchNorm1d(n)] if norm == "batch" else []
 
         self.features = nn.Sequential(
-            nn.Conv1d(in_channels, c, 7, padding=3), *bn(c), nn.ReLU(), nn.MaxPool1d(4),
-            nn.Conv1d(c, 2 * c, 5, padding=2), *bn(2 * c), nn.ReLU(), nn.MaxPool1d(4),
+            nn.Conv1d(in_channels, c, 7, padding=3), *bn(c), nn.ReLU(), MaxPool1d(4),
+            nn.Conv1d(c, 2 * c, 5, padding=2), *bn(2 * c), nn.ReLU(), MaxPool1d(4),
             nn.Conv1d(2 * c, 2 * c, 3, padding=1), *bn(2 * c), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
         )
         rr = RRBranch(rr_features, rr_hidden) if rr_features else None

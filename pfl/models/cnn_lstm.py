@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from pfl.models.inputs import RRBranch, check_input, split_input
+from pfl.models.pooling import MaxPool1d
 
 
 class CNNLSTM(nn.Module):
@@ -39,7 +40,7 @@ class CNNLSTM(nn.Module):
         c_in = in_channels
         for c_out in conv_channels:
             layers += [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
-                       *([nn.BatchNorm1d(c_out)] if norm == "batch" else []), nn.ReLU(), nn.MaxPool1d(2)]
+                       *([nn.BatchNorm1d(c_out)] if norm == "batch" else []), nn.ReLU(), MaxPool1d(2)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.lstm = nn.LSTM(c_in, lstm_hidden, batch_first=True)
