@@ -22,7 +22,7 @@ from pfl.models import CNNLSTM, ResNet1D, SmallCNN
 FS = 360
 
 
-def _hand(peaks_s: list[float], i: int, causal: bool, k: int = 10) -> dict[str, float]:
+def _hand(peaks_s: list[float], i: int, causal: bool, k: int = 10, m: int = 32) -> dict[str, float]:
     """The features of beat i by the definitions in pfl/data/rr.py, one loop at a time."""
     n = len(peaks_s)
     pre = [peaks_s[1] - peaks_s[0]] + [peaks_s[j] - peaks_s[j - 1] for j in range(1, n)]
@@ -35,7 +35,6 @@ def _hand(peaks_s: list[float], i: int, causal: bool, k: int = 10) -> dict[str, 
         window = [pre[j] for j in range(max(0, i - k // 2), min(n, i - k // 2 + k))]
         local, average = sum(window) / len(window), sum(pre) / n
     sd = float(np.std(window))  # population std of the pre-RRs `local` averages
-    m = 32  # pfl.data.rr.IRREGULAR_BEATS
     js = range(max(0, i - m + 1), i + 1) if causal else range(max(0, i - m // 2), min(n, i - m // 2 + m))
     steps = [abs(pre[j] - pre[j - 1]) for j in js if j >= 1]
     irregularity = statistics.median(steps) / statistics.median([pre[j] for j in js]) if steps else 0.0
@@ -255,6 +254,26 @@ def test_local_beats_shapes_the_local_mean(tmp_path):
         assert rb.x[row, 0, 256] == pytest.approx(_hand(t, i, True, k=3)["local"], rel=1e-5)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_irregular_beats_sets_the_irregularity_window(tmp_path, causal):
+    from pfl.data.sources import wfdb_beats
+
+    db = tmp_path / "db"
+    db.mkdir()
+    peaks = _write_known_peaks(db)
+    t = (peaks / FS).tolist()
+    got = {}
+    for m in (32, 6):
+        rr = {"features": ["irregularity"], "causal": causal, "irregular_beats": m}
+        got[m] = wfdb_beats(data_config(db, tmp_path / "cache", features=["beat", "rr"], rr=rr)).records["k01"]
+        for row, i in ((0, 1), (7, 8), (len(peaks) - 3, len(peaks) - 2)):
+            assert got[m].x[row, 0, 256] == pytest.approx(_hand(t, i, causal, m=m)["irregularity"], rel=1e-5)
+    assert not np.array_equal(got[32].x[:, 0, 256], got[6].x[:, 0, 256])  # two cache entries, not one
+    for bad in (1, 2.5, True, "32"):
+        with pytest.raises(ConfigError, match=r"data.rr.irregular_beats=.*an integer >= 2"):
+            parse_rr({"irregular_beats": bad})
+
+
 @pytest.mark.parametrize("partition", ["patient", "interpatient"])
 def test_time_splits_keep_their_window_gap_with_leads_and_rr_features(synthetic_db, tmp_path, partition):
     """Lead channels and RR features change the input, not which beats train, validate and test."""
@@ -375,3 +394,20 @@ def test_pfl_max_pooling_gives_torchs_values_and_gradients_with_ties(k, length):
     (ya * w).sum().backward()
     (yb * w).sum().backward()
     assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+
+
+def test_the_default_irregularity_window_keeps_the_config_hash(synthetic_db, tmp_path):
+    """data.rr.irregular_beats came after runs were named by their config hash: at its default
+    it leaves the hash as it was (checkpoints still resume); set away from it, the hash moves."""
+    from compose import make_cfg
+    from omegaconf import OmegaConf
+
+    from pfl import config as cfgmod
+
+    cfg = make_cfg(synthetic_db, tmp_path, "data.features=[beat,rr]")
+    legacy = OmegaConf.create(OmegaConf.to_container(cfg))
+    del legacy.data.rr["irregular_beats"]
+    assert cfg.data.rr.irregular_beats == 32
+    assert cfgmod.config_hash(cfg) == cfgmod.config_hash(legacy)
+    other = make_cfg(synthetic_db, tmp_path, "data.features=[beat,rr]", "data.rr.irregular_beats=16")
+    assert cfgmod.config_hash(other) != cfgmod.config_hash(cfg)

@@ -93,6 +93,8 @@ class DataSettings:
     extra_leads: tuple[str, ...] = ()
     #: beats in the local RR mean (data.rr.local_beats), part of the cached intervals
     rr_local_beats: int = 10
+    #: beats of the irregularity medians (data.rr.irregular_beats), part of the cached intervals
+    rr_irregular_beats: int = 32
 
     @property
     def window(self) -> int:
@@ -120,6 +122,7 @@ class DataSettings:
             **({"resample": True} if self.resample else {}),
             **({"extra_leads": list(self.extra_leads)} if self.extra_leads else {}),
             **({"rr_local_beats": self.rr_local_beats} if self.rr_local_beats != 10 else {}),
+            **({"rr_irregular_beats": self.rr_irregular_beats} if self.rr_irregular_beats != 32 else {}),
         }
 
     def settings_hash(self) -> str:
@@ -257,6 +260,7 @@ def parse_settings(cfg_data: Any) -> DataSettings:
         known_records=_record_names(d.get("known_records") or ()),
         extra_leads=extra,
         rr_local_beats=int(d.get("rr_local_beats", 10)),
+        rr_irregular_beats=int(d.get("rr_irregular_beats", 32)),
     )
 
 
@@ -461,7 +465,7 @@ def segment_record(root: Path, record: str, s: DataSettings) -> RecordBeats:
     mapping = s.symbol_to_class
     is_beat = np.fromiter((sym in mapping for sym in symbols), dtype=bool, count=len(symbols))
     # RR intervals from every beat annotation at the native rate (before edge trimming)
-    raw_rr = raw_intervals(native_samples[is_beat], native, s.rr_local_beats)
+    raw_rr = raw_intervals(native_samples[is_beat], native, s.rr_local_beats, s.rr_irregular_beats)
     samples = samples[is_beat]
     labels = np.fromiter(
         (mapping[sym] for sym, b in zip(symbols, is_beat, strict=True) if b), dtype=np.int64

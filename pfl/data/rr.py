@@ -20,7 +20,7 @@ these intervals, measured from the annotated R peaks of the same record:
   pause make the 10 beats around it irregular too, so these cannot tell an ectopic beat in
   sinus rhythm from atrial fibrillation;
 - `irregularity`: the median absolute change between successive pre-RRs over the
-  `IRREGULAR_BEATS` beats around the beat (centred; causal: the beat and those before it),
+  `irregular_beats` beats around the beat (default 32) (centred; causal: the beat and those before it),
   over the median pre-RR of the same beats. An isolated premature beat and its pause change two
   or three of those successive intervals, which leaves the median at the sinus rhythm's small
   variation; in atrial fibrillation most successive intervals differ, and the median says so
@@ -69,7 +69,8 @@ LOCAL_BEATS = 10
 IRREGULAR_BEATS = 32
 
 
-def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_BEATS) -> np.ndarray:
+def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_BEATS,
+                  irregular_beats: int = IRREGULAR_BEATS) -> np.ndarray:
     """(n, len(RAW)) float64 intervals in seconds for the beats at `beat_samples` (sorted)."""
     t = np.asarray(beat_samples, dtype=np.float64) / float(fs)
     n = len(t)
@@ -94,7 +95,7 @@ def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_
     causal = (np.clip(i - k + 1, 0, None), i + 1)
     average = np.full(n, pre.mean())
     average_causal = mean_over(np.zeros(n, dtype=np.int64), i + 1)
-    m = IRREGULAR_BEATS
+    m = int(irregular_beats)
     wide = (np.clip(i - m // 2, 0, None), np.clip(i - m // 2 + m, None, n))
     wide_causal = (np.clip(i - m + 1, 0, None), i + 1)
     out[:] = np.stack([pre, post, mean_over(*centred), mean_over(*causal), average, average_causal,
@@ -122,7 +123,7 @@ def _irregularity(pre: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
 
 
 def parse_rr(cfg: Any) -> dict[str, Any]:
-    """The validated `data.rr` settings: features, causal, local_beats."""
+    """The validated `data.rr` settings: features, causal, local_beats, irregular_beats, standardize."""
     d = dict(cfg or {})
     names = d.get("features", list(DEFAULT_FEATURES))
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
@@ -142,10 +143,14 @@ def parse_rr(cfg: Any) -> dict[str, Any]:
     local_beats = d.get("local_beats", LOCAL_BEATS)
     if not isinstance(local_beats, int) or isinstance(local_beats, bool) or local_beats < 1:
         raise ConfigError("data.rr.local_beats", local_beats, "an integer >= 1")
+    irregular_beats = d.get("irregular_beats", IRREGULAR_BEATS)
+    if not isinstance(irregular_beats, int) or isinstance(irregular_beats, bool) or irregular_beats < 2:
+        raise ConfigError("data.rr.irregular_beats", irregular_beats, "an integer >= 2 (one successive change)")
     standardize = d.get("standardize", False)
     if not isinstance(standardize, bool):
         raise ConfigError("data.rr.standardize", standardize, "true or false")
-    return {"features": names, "causal": causal, "local_beats": local_beats, "standardize": standardize}
+    return {"features": names, "causal": causal, "local_beats": local_beats, "irregular_beats": irregular_beats,
+            "standardize": standardize}
 
 
 def standardize(fed, k: int):

@@ -83,8 +83,10 @@ def wfdb_beats(cfg_data: Any) -> BeatSet:
     features = parse_features(d.get("features", ["beat"]))
     rr = parse_rr(d.get("rr")) if "rr" in features else None
     per_db = database_settings(d)
-    # The local mean's length shapes the cached intervals; the rest of data.rr only selects.
-    local = {"rr_local_beats": rr["local_beats"]} if rr and rr["local_beats"] != 10 else {}
+    # The local mean's and the irregularity's lengths shape the cached intervals; the rest of
+    # data.rr only selects.
+    local = {**({"rr_local_beats": rr["local_beats"]} if rr and rr["local_beats"] != 10 else {}),
+             **({"rr_irregular_beats": rr["irregular_beats"]} if rr and rr["irregular_beats"] != 32 else {})}
     if "databases" not in d:
         return with_features(mitdb.load_beats({**{k: v for k, v in d.items() if k not in SOURCE_KEYS}, **local}), rr)
     sets = {key: mitdb.load_beats({**settings, **local}) for key, settings in per_db.items()}
