@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -392,27 +393,39 @@ class MlflowTracker(Callback):
                              + (" (raw: the model standardizes them with rr_standardize itself; the run's "
                                 "global_model.pt expects them standardized)" if k and self.rr_stats else ""),
                     "output": "logits (n, classes)"}
-        from mlflow.entities import LoggedModelOutput
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
+        signature, requirements = infer_signature(example, logits), _requirements()
         # The logged model is created here, linked to the run, and handed to log_model with no
         # run active: given the run, MLflow 3's log_model reads the whole history of every metric
         # the run has (one query per key) to copy step 0's onto the model, 0.24 s for the 186 keys
         # of a 3-client run and growing with clients and rounds; pfl logs no metric at step 0.
+        params = {k: str(v)[:6000] for k, v in flatten(self.cfg).items() if not k.startswith("hydra.")}
         logged = _retry(self.client.create_logged_model, self._experiment_id(), name="model",
-                        source_run_id=self.run_id, model_type="pfl-global")
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.client.tracking_uri)  # log_model's own client and finalize use it
+                        source_run_id=self.run_id, params=params, model_type="pfl-global")
         try:
-            mlflow.pytorch.log_model(
-                model, name="model", model_id=logged.model_id, signature=infer_signature(example, logits),
-                input_example=example, metadata=metadata,
-                serialization_format=str(self.cfg.logger.get("model_format", "pt2")),
-                pip_requirements=_requirements())
-        finally:
-            mlflow.set_tracking_uri(previous)
-        # The run's output, at the round that produced it (what log_model records for a run).
-        _retry(self.client.log_outputs, self.run_id,
-               [LoggedModelOutput(logged.model_id, step=int(self.cfg.federation.rounds))])
+            previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(self.client.tracking_uri)  # log_model's own client and finalize use it
+            try:
+                # In a thread of its own: MLflow's active run is per thread, and log_model would
+                # take a caller's own (pfl.run.train inside mlflow.start_run) as the model's run.
+                _in_thread(mlflow.pytorch.log_model, model, name="model", model_id=logged.model_id,
+                           signature=signature, input_example=example, metadata=metadata,
+                           serialization_format=str(self.cfg.logger.get("model_format", "pt2")),
+                           pip_requirements=requirements)
+            finally:
+                mlflow.set_tracking_uri(previous)
+            # The run's output, at the round that produced it (what log_model records for a run).
+            _retry(self.client.log_outputs, self.run_id,
+                   [LoggedModelOutput(logged.model_id, step=int(self.cfg.federation.rounds))])
+        except BaseException:
+            # Not left PENDING (runs:/<id>/model would resolve to a model without files), also
+            # when SIGTERM or Ctrl-C lands here.
+            try:
+                self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            except Exception as e:  # noqa: BLE001 - the first error is the one to report
+                log.error("could not mark MLflow logged model %s FAILED: %s", logged.model_id, _first_line(e))
+            raise
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
@@ -438,6 +451,24 @@ class MlflowTracker(Callback):
                 _retry(self.client.set_terminated, self.run_id, status)
         except Exception as e:
             log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, _first_line(e))
+
+
+def _in_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a new thread, waited for; its result returned, its error raised."""
+    out: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=call, name="pfl-log-model")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
 
 
 def _requirements() -> list[str]:

@@ -36,19 +36,22 @@ def _hand(peaks_s: list[float], i: int, causal: bool, k: int = 10, m: int = 32) 
         local, average = sum(window) / len(window), sum(pre) / n
     sd = float(np.std(window))  # population std of the pre-RRs `local` averages
     js = range(max(0, i - m + 1), i + 1) if causal else range(max(0, i - m // 2), min(n, i - m // 2 + m))
-    steps = [abs(pre[j] - pre[j - 1]) for j in js if j >= 1]
+    # changes between the window's own intervals; pre[0] is a copy of pre[1], not a change
+    steps = [abs(pre[j] - pre[j - 1]) for j in js if j >= max(js.start + 1, 2)]
     irregularity = statistics.median(steps) / statistics.median([pre[j] for j in js]) if steps else 0.0
     return {"pre": pre[i], "post": post[i], "local": local, "average": average,
             "pre_local": pre[i] / local, "post_local": post[i] / local, "local_sd": sd, "local_cv": sd / local,
             "irregularity": irregularity}
 
 
-def test_raw_intervals_match_a_hand_computation_including_first_and_last_beat():
+@pytest.mark.parametrize("n,beats", [(25, (0, 1, 4, 12, 23, 24)), (90, (0, 1, 2, 15, 16, 17, 31, 32, 45, 73, 74, 88, 89))])
+def test_raw_intervals_match_a_hand_computation_including_first_and_last_beat(n, beats):
+    """25 beats: every window clipped at the record's edges; 90: full 32-beat windows too."""
     rng = np.random.default_rng(3)
-    peaks = np.cumsum(rng.integers(200, 400, size=25)) + 50
+    peaks = np.cumsum(rng.integers(200, 400, size=n)) + 50
     raw = raw_intervals(peaks, FS)
     t = (peaks / FS).tolist()
-    for i in (0, 1, 4, 12, 23, 24):
+    for i in beats:
         for causal in (False, True):
             h = _hand(t, i, causal)
             got = dict(zip(RAW, raw[i], strict=True))

@@ -358,3 +358,44 @@ def test_an_unknown_model_format_fails_before_training(synthetic_db, tmp_path):
     with pytest.raises(ConfigError, match=r"logger.model_format='onnx' is not allowed: expected one of pt2, pickle"):
         train(cfg)
     assert not (tmp_path / "s.db").exists()
+
+
+def test_a_model_that_fails_to_log_is_marked_failed_with_its_run(synthetic_db, tmp_path, monkeypatch):
+    """Not left PENDING: runs:/<id>/model would resolve to a model without files."""
+    import mlflow.pytorch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(mlflow.pytorch, "log_model", broken)
+    with pytest.raises(RuntimeError, match="export failed"):
+        train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=1"))
+    (run,) = _runs(tmp_path, "fail_study")
+    client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"))
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert run.info.status == "FAILED" and logged.source_run_id == run.info.run_id
+    assert str(logged.status) == "FAILED"
+
+
+def test_a_run_inside_the_callers_own_mlflow_run_keeps_its_model(synthetic_db, tmp_path):
+    """MLflow's active run belongs to the caller: pfl's model goes to pfl's run, not to it."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/outputs/mlflow.db"
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    outer_exp = client.get_experiment(client.create_experiment("notebook"))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store_uri(uri))
+    try:
+        with mlflow.start_run(experiment_id=outer_exp.experiment_id) as outer:
+            mlflow.log_metric("x", 1.0, step=0)
+            train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=1"))
+            assert mlflow.active_run().info.run_id == outer.info.run_id
+    finally:
+        mlflow.set_tracking_uri(previous)
+    (run,) = _runs(tmp_path, "fail_study")
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert logged.source_run_id == run.info.run_id
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [logged.model_id]
+    assert not client.get_run(outer.info.run_id).outputs.model_outputs
+    assert not client.search_logged_models([outer_exp.experiment_id])

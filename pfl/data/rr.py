@@ -105,8 +105,10 @@ def raw_intervals(beat_samples: np.ndarray, fs: float, local_beats: int = LOCAL_
 
 
 def _irregularity(pre: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per beat, median |pre[j] - pre[j-1]| over j in [max(lo, 1), hi) over median pre[lo:hi]
-    (0 where the window holds no successive pair). Windows padded with NaN, one nanmedian."""
+    """Per beat, median |pre[j] - pre[j-1]| over j in [max(lo + 1, 2), hi) over median pre[lo:hi]:
+    the changes between the window's own intervals (m beats, m - 1 changes), leaving out the
+    first beat's pre-RR, which is a copy of the second's (0 where no change is left). Windows
+    padded with NaN, one nanmedian."""
     n = len(pre)
     width = int((hi - lo).max())
     idx = lo[:, None] + np.arange(width)[None, :]
@@ -114,7 +116,7 @@ def _irregularity(pre: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
     safe = np.minimum(idx, n - 1)
     rr = np.where(inside, pre[safe], np.nan)
     step = np.abs(pre[safe] - pre[np.maximum(safe - 1, 0)])
-    step = np.where(inside & (idx >= 1), step, np.nan)
+    step = np.where(inside & (idx >= np.maximum(lo + 1, 2)[:, None]), step, np.nan)
     has = np.isfinite(step).any(axis=1)
     out = np.zeros(n)
     if has.any():
@@ -145,7 +147,7 @@ def parse_rr(cfg: Any) -> dict[str, Any]:
         raise ConfigError("data.rr.local_beats", local_beats, "an integer >= 1")
     irregular_beats = d.get("irregular_beats", IRREGULAR_BEATS)
     if not isinstance(irregular_beats, int) or isinstance(irregular_beats, bool) or irregular_beats < 2:
-        raise ConfigError("data.rr.irregular_beats", irregular_beats, "an integer >= 2 (one successive change)")
+        raise ConfigError("data.rr.irregular_beats", irregular_beats, "an integer >= 2 (two intervals, one change)")
     standardize = d.get("standardize", False)
     if not isinstance(standardize, bool):
         raise ConfigError("data.rr.standardize", standardize, "true or false")
