@@ -271,7 +271,7 @@ class MlflowTracker(Callback):
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(self.cfg).items() if not k.startswith("hydra.")]
+        params = [Param(k, v) for k, v in _params(self.cfg).items()]
         for i in range(0, len(params), 100):
             _retry(self.client.log_batch, self.run_id, params=params[i:i + 100])
         return self.run_id
@@ -400,9 +400,8 @@ class MlflowTracker(Callback):
         # run active: given the run, MLflow 3's log_model reads the whole history of every metric
         # the run has (one query per key) to copy step 0's onto the model, 0.24 s for the 186 keys
         # of a 3-client run and growing with clients and rounds; pfl logs no metric at step 0.
-        params = {k: str(v)[:6000] for k, v in flatten(self.cfg).items() if not k.startswith("hydra.")}
         logged = _retry(self.client.create_logged_model, self._experiment_id(), name="model",
-                        source_run_id=self.run_id, params=params, model_type="pfl-global")
+                        source_run_id=self.run_id, params=_params(self.cfg), model_type="pfl-global")
         try:
             previous = mlflow.get_tracking_uri()
             mlflow.set_tracking_uri(self.client.tracking_uri)  # log_model's own client and finalize use it
@@ -451,6 +450,11 @@ class MlflowTracker(Callback):
                 _retry(self.client.set_terminated, self.run_id, status)
         except Exception as e:
             log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, _first_line(e))
+
+
+def _params(cfg: DictConfig) -> dict[str, str]:
+    """The run's flattened config as MLflow params (values within MLflow's length limit)."""
+    return {k: str(v)[:6000] for k, v in flatten(cfg).items() if not k.startswith("hydra.")}
 
 
 def _in_thread(fn, *args, **kwargs):

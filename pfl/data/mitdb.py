@@ -38,7 +38,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from pfl.atomic import atomic_write
-from pfl.data.rr import RAW, raw_intervals
+from pfl.data.rr import IRREGULAR_BEATS, LOCAL_BEATS, RAW, raw_intervals
 from pfl.data.types import BeatSet, RecordBeats
 from pfl.errors import ConfigError, DataError
 
@@ -92,9 +92,9 @@ class DataSettings:
     #: first lead that is not the main one (mitdb's second leads differ by record: V1, V2, V4, V5)
     extra_leads: tuple[str, ...] = ()
     #: beats in the local RR mean (data.rr.local_beats), part of the cached intervals
-    rr_local_beats: int = 10
+    rr_local_beats: int = LOCAL_BEATS
     #: beats of the irregularity medians (data.rr.irregular_beats), part of the cached intervals
-    rr_irregular_beats: int = 32
+    rr_irregular_beats: int = IRREGULAR_BEATS
 
     @property
     def window(self) -> int:
@@ -121,8 +121,9 @@ class DataSettings:
             **({"database": self.database} if self.database != "mitdb" else {}),
             **({"resample": True} if self.resample else {}),
             **({"extra_leads": list(self.extra_leads)} if self.extra_leads else {}),
-            **({"rr_local_beats": self.rr_local_beats} if self.rr_local_beats != 10 else {}),
-            **({"rr_irregular_beats": self.rr_irregular_beats} if self.rr_irregular_beats != 32 else {}),
+            **({"rr_local_beats": self.rr_local_beats} if self.rr_local_beats != LOCAL_BEATS else {}),
+            **({"rr_irregular_beats": self.rr_irregular_beats} if self.rr_irregular_beats != IRREGULAR_BEATS
+               else {}),
         }
 
     def settings_hash(self) -> str:
@@ -259,8 +260,8 @@ def parse_settings(cfg_data: Any) -> DataSettings:
         resample=resample,
         known_records=_record_names(d.get("known_records") or ()),
         extra_leads=extra,
-        rr_local_beats=int(d.get("rr_local_beats", 10)),
-        rr_irregular_beats=int(d.get("rr_irregular_beats", 32)),
+        rr_local_beats=int(d.get("rr_local_beats", LOCAL_BEATS)),
+        rr_irregular_beats=int(d.get("rr_irregular_beats", IRREGULAR_BEATS)),
     )
 
 

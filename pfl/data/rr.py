@@ -142,17 +142,21 @@ def parse_rr(cfg: Any) -> dict[str, Any]:
         if future:
             raise ConfigError("data.rr.features", future, "features known at the beat when data.rr.causal=true "
                               "(post-RR needs the next beat): drop them or set data.rr.causal=false")
-    local_beats = d.get("local_beats", LOCAL_BEATS)
-    if not isinstance(local_beats, int) or isinstance(local_beats, bool) or local_beats < 1:
-        raise ConfigError("data.rr.local_beats", local_beats, "an integer >= 1")
-    irregular_beats = d.get("irregular_beats", IRREGULAR_BEATS)
-    if not isinstance(irregular_beats, int) or isinstance(irregular_beats, bool) or irregular_beats < 2:
-        raise ConfigError("data.rr.irregular_beats", irregular_beats, "an integer >= 2 (two intervals, one change)")
+    local_beats = _beats(d, "local_beats", LOCAL_BEATS, 1, "an integer >= 1")
+    irregular_beats = _beats(d, "irregular_beats", IRREGULAR_BEATS, 2, "an integer >= 2 (two intervals, one change)")
     standardize = d.get("standardize", False)
     if not isinstance(standardize, bool):
         raise ConfigError("data.rr.standardize", standardize, "true or false")
     return {"features": names, "causal": causal, "local_beats": local_beats, "irregular_beats": irregular_beats,
             "standardize": standardize}
+
+
+def _beats(d: Mapping[str, Any], key: str, default: int, least: int, allowed: str) -> int:
+    """A window length of `data.rr`: an integer (not a bool) of at least `least`."""
+    value = d.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f"data.rr.{key}", value, allowed)
+    return value
 
 
 def standardize(fed, k: int):

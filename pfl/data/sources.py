@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pfl.data.rr import pack, parse_features, parse_rr, select
+from pfl.data.rr import IRREGULAR_BEATS, LOCAL_BEATS, pack, parse_features, parse_rr, select
 from pfl.data.types import BeatSet, RecordBeats
 from pfl.errors import ConfigError
 
@@ -85,8 +85,9 @@ def wfdb_beats(cfg_data: Any) -> BeatSet:
     per_db = database_settings(d)
     # The local mean's and the irregularity's lengths shape the cached intervals; the rest of
     # data.rr only selects.
-    local = {**({"rr_local_beats": rr["local_beats"]} if rr and rr["local_beats"] != 10 else {}),
-             **({"rr_irregular_beats": rr["irregular_beats"]} if rr and rr["irregular_beats"] != 32 else {})}
+    local = {**({"rr_local_beats": rr["local_beats"]} if rr and rr["local_beats"] != LOCAL_BEATS else {}),
+             **({"rr_irregular_beats": rr["irregular_beats"]} if rr and rr["irregular_beats"] != IRREGULAR_BEATS
+                else {})}
     if "databases" not in d:
         return with_features(mitdb.load_beats({**{k: v for k, v in d.items() if k not in SOURCE_KEYS}, **local}), rr)
     sets = {key: mitdb.load_beats({**settings, **local}) for key, settings in per_db.items()}
