@@ -17,9 +17,9 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 
 #: keys that change results only when set away from these values: left out of the hash at them,
 #: so adding such a key kept every earlier run's identity
-NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "federation.test_every": None,
+NEUTRAL = {"trainer.compile": False, "trainer.fused_optimizer": False, "trainer.compile_backend": "inductor", "federation.test_every": None,
            "data.rr.standardize": False, "data.rr.irregular_beats": 32, "loss.max_weight": None,
-           "partition.val_records": [], "partition.common_records": [], "partition.common_per_class": None}
+           "partition.val_records": [], "partition.ds1_extra": [], "partition.common_records": [], "partition.common_per_class": None}
 
 
 #: what an objective (model selection, searches) may read: validation metrics only
@@ -34,7 +34,7 @@ KNOWN_KEYS = {
                    "batch_size", "eval_batch_size",
                    "optimizer", "dropout", "on_divergence", "backend", "ray_address", "sampling"},
     "trainer": {"engine", "accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "compile",
-                "compile_backend", "threads", "workers", "progress"},
+                "compile_backend", "fused_optimizer", "threads", "workers", "progress"},
 }
 
 
@@ -82,6 +82,9 @@ def validate(cfg: DictConfig) -> None:
     v.integer("trainer.workers", t.get("workers", 1), minimum=1)
     v.choice("trainer.precision", str(t.precision), ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed",
                                                       "64-true"))
+    fused = t.get("fused_optimizer", False)
+    if not isinstance(fused, bool):
+        raise ConfigError("trainer.fused_optimizer", fused, "true or false")
     if t.get("compile") and t.get("engine", "trainer") != "fabric":
         raise ConfigError("trainer.compile", t.compile, "false with trainer.engine=trainer (compiling is "
                           "done by the fabric engine)", hint="add trainer.engine=fabric, or use trainer=fast")

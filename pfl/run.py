@@ -136,7 +136,7 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     # node's); with worker processes, one thread each.
     torch.set_num_threads(cfg.trainer.get("threads") or (1 if workers > 1 else len(os.sched_getaffinity(0))))
     trainer = build_trainer(**cfg.trainer)
-    from pfl.fl.trainer import resolve_precision
+    from pfl.fl.trainer import fused_optimizer, resolve_precision
     from pfl.metrics import set_inference_precision
 
     set_inference_precision(resolve_precision(cfg.trainer.get("precision", "32-true"),
@@ -147,7 +147,7 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     train_clients = fed.training_clients if cfg.mode == "federated" else [pooled_client(fed.training_clients)]
 
     fcfg = cfg.federation
-    optimizer = hydra.utils.instantiate(fcfg.optimizer)
+    optimizer = fused_optimizer(hydra.utils.instantiate(fcfg.optimizer), cfg.trainer.get("fused_optimizer", False))
 
     def model_factory():
         return hydra.utils.instantiate(cfg.model).to(device)

@@ -680,6 +680,7 @@ FAST_LEVERS = {
     "exact (default: Fabric engine, all cores)": [],
     "torch.compile (fabric, inductor)": ["trainer.engine=fabric", "trainer.compile=true"],
     "bf16 autocast (fabric)": ["trainer.engine=fabric", "trainer.precision=bf16-mixed"],
+    "fused optimizer (fabric)": ["trainer.engine=fabric", "trainer.fused_optimizer=true"],
     "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1"],
     "trainer=fast (all kept levers)": ["trainer=fast"],
 }

@@ -98,7 +98,8 @@ def test_worker_processes_give_the_serial_results(synthetic_db, tmp_path, strate
 def test_fast_preset_composes_and_runs(synthetic_db, tmp_path):
     cfg = make_cfg(synthetic_db, tmp_path, "trainer=fast")
     assert cfg.trainer.engine == "fabric" and cfg.trainer.threads == 1 and cfg.trainer.workers >= 1
-    exact = _run(synthetic_db, tmp_path / "exact", "trainer.threads=1")
+    assert cfg.trainer.fused_optimizer is True
+    exact = _run(synthetic_db, tmp_path / "exact", "trainer.threads=1", "trainer.fused_optimizer=true")
     fast = _run(synthetic_db, tmp_path / "fast", "trainer=fast")
     if resolve_precision("bf16-mixed") == "32-true":  # no native bf16 here: the same fp32 math
         _same_result(exact, fast)
@@ -178,6 +179,7 @@ def test_compile_happens_once_per_process_and_model():
     (("trainer.engine=trainer", "trainer.compile=true"), "trainer.compile"),
     (("trainer.precision=fp8",), "trainer.precision"),
     (("trainer.workers=2", "federation.backend=ray"), "trainer.workers"),
+    (("trainer.fused_optimizer=sometimes",), "trainer.fused_optimizer"),
     pytest.param(("trainer=gpu",), "trainer.accelerator",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")),
 ])
@@ -197,9 +199,58 @@ def test_new_trainer_keys_keep_earlier_config_hashes(synthetic_db, tmp_path):
     from omegaconf import OmegaConf
 
     legacy = OmegaConf.to_container(base)
-    for k in ("engine", "workers", "compile", "compile_backend"):
+    assert cfgmod.config_hash(make_cfg(synthetic_db, tmp_path, "trainer.fused_optimizer=true")) != h
+    for k in ("engine", "workers", "compile", "compile_backend", "fused_optimizer"):
         legacy["trainer"].pop(k)
     assert cfgmod.config_hash(OmegaConf.create(legacy)) == h
+
+
+def _adam_by_hand(w, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    return w
+
+
+def test_fused_optimizer_asks_for_the_fused_kernel_and_steps_like_adam_by_hand():
+    factory = trainer_mod.fused_optimizer(functools.partial(torch.optim.Adam, lr=0.01), True)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 3)
+    w0 = lin.weight.detach().double().numpy().copy()
+    opt = factory(lin.parameters())
+    assert opt.defaults["fused"] is True
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    grads = []
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(x), y).backward()
+        grads.append(lin.weight.grad.double().numpy().copy())
+        opt.step()
+    np.testing.assert_allclose(lin.weight.detach().double().numpy(), _adam_by_hand(w0, grads, 0.01),
+                               rtol=0, atol=1e-6)
+
+
+def test_fused_optimizer_leaves_what_it_cannot_or_need_not_change(caplog):
+    off = functools.partial(torch.optim.Adam, lr=0.01)
+    assert trainer_mod.fused_optimizer(off, False) is off
+    mine = functools.partial(torch.optim.SGD, lr=0.01, fused=False)  # the config's own choice wins
+    assert trainer_mod.fused_optimizer(mine, True) is mine
+    rms = functools.partial(torch.optim.RMSprop, lr=0.01)  # no fused kernel: as configured, said once
+    with caplog.at_level(logging.INFO, logger="pfl.fl.trainer"):
+        assert trainer_mod.fused_optimizer(rms, True) is rms
+    assert "RMSprop has no fused implementation" in caplog.text
+    sgd = trainer_mod.fused_optimizer(functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9), True)
+    opt = sgd(torch.nn.Linear(2, 2).parameters())
+    assert opt.defaults["fused"] is True and opt.defaults["momentum"] == 0.9
+
+
+def test_a_run_with_the_fused_optimizer_matches_the_loop_up_to_rounding(synthetic_db, tmp_path):
+    loop = _run(synthetic_db, tmp_path / "loop", "federation.rounds=2")
+    fused = _run(synthetic_db, tmp_path / "fused", "federation.rounds=2", "trainer.fused_optimizer=true")
+    diff = max((loop.global_weights[k].double() - fused.global_weights[k].double()).abs().max().item()
+               for k in loop.global_weights)
+    assert 0 < diff < 1e-4  # fused: another kernel (not bit for bit), the same update
 
 
 def test_the_patched_lightning_loader_still_matches_lightnings_own():

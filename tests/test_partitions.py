@@ -351,6 +351,28 @@ def test_interpatient_bad_val_records(beats, held, match):
         fed_of(beats, "interpatient", val_records=held)
 
 
+def test_interpatient_ds1_extra_federates_matched_records_split_like_ds1(beats):
+    fed = fed_of(beats, "interpatient", ds1=["s01", "s02"], ds1_extra=["s0[34]", "s05"])
+    assert [c.cid for c in fed.training_clients] == ["s01", "s02", "s03", "s04", "s05"]
+    # The same clients, the same beats in each split, as listing the records in ds1 itself.
+    listed = fed_of(beats, "interpatient")
+    assert [(c.cid, ids(c.train), ids(c.val), ids(c.test)) for c in fed.clients] == \
+        [(c.cid, ids(c.train), ids(c.val), ids(c.test)) for c in listed.clients]
+    # A wildcard stands for every loaded record it matches, in loaded order.
+    every = fed_of(beats, "interpatient", ds1=["s01"], ds1_extra=["s0[!16789]"])
+    assert [c.cid for c in every.training_clients] == ["s01", "s02", "s03", "s04", "s05"]
+
+
+@pytest.mark.parametrize("extra, err, match", [
+    (["x*"], DataError, r"partition.ds1_extra: the pattern 'x\*' matches none of the loaded records \(s01, s02"),
+    (["s02"], ConfigError, r"partition.ds1_extra=\['s02'\].*not in partition.ds1"),
+    (["s06"], ConfigError, r"partition.ds1/ds2=\['s06'\]"),
+])
+def test_interpatient_bad_ds1_extra(beats, extra, err, match):
+    with pytest.raises(err, match=match):
+        fed_of(beats, "interpatient", ds1=["s01", "s02"], ds1_extra=extra)
+
+
 def _counts(y, k):
     return np.bincount(np.asarray(y), minlength=k)
 
@@ -430,3 +452,18 @@ def test_patient_common_preset_and_default_keep_the_config_hash(tmp_path):
     assert common.common_records == [100, 101, 103, 105, 106, 108, 109, 111, 112, 113, 114, 115, 116, 117, 118,
                                      119, 121, 122, 123, 124]
     assert (common.train_minutes, common.val_fraction, common.common_per_class) == (5, 0.2, None)
+
+
+def test_interpatient_ds1_extra_default_keeps_the_config_hash(tmp_path):
+    from compose import make_cfg
+
+    from pfl import config as cfgmod
+
+    synth.write_synthetic_db(tmp_path / "db", records=3)
+    cfg = make_cfg(tmp_path / "db", tmp_path, "partition=interpatient")
+    assert list(cfg.partition.ds1_extra) == []
+    legacy = OmegaConf.create(OmegaConf.to_container(cfg))
+    del legacy.partition["ds1_extra"]
+    assert cfgmod.config_hash(cfg) == cfgmod.config_hash(legacy)
+    more = make_cfg(tmp_path / "db", tmp_path, "partition=interpatient", "partition.ds1_extra=[svdb/*]")
+    assert cfgmod.config_hash(more) != cfgmod.config_hash(cfg)

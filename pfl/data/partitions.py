@@ -10,6 +10,7 @@ patient, or by time with a one-window gap), so `pfl-data` reports 0 overlap.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import logging
 import math
@@ -61,12 +62,24 @@ def database_of(record: str) -> str:
 
 
 def _records(beats: BeatSet, wanted: Any, key: str) -> list[str]:
-    """Record names from a partition key (`all` or a list), checked against the loaded beats."""
+    """Record names from a partition key (`all` or a list), checked against the loaded beats.
+    An entry with a wildcard (`svdb/*`, `svdb/8[0-4]?`) stands for the loaded records it matches,
+    in their loaded order, so another institution's records need not be listed one by one."""
     if wanted is None or wanted == "all":
         return list(beats.records)
     if isinstance(wanted, str | int):
         wanted = [wanted]
-    names = [_resolve_id(beats, str(r)) for r in _plain(wanted)]
+    names = []
+    for r in _plain(wanted):
+        r = str(r)
+        if not any(ch in r for ch in "*?["):
+            names.append(_resolve_id(beats, r))
+            continue
+        matched = [x for x in beats.records if fnmatch.fnmatchcase(x, r)]
+        if not matched:
+            raise DataError(f"{key}: the pattern {r!r} matches none of the loaded records "
+                            f"({', '.join(beats.records)}); check data (data=mitdb_svdb loads both databases)")
+        names.extend(matched)
     dup = sorted({r for r in names if names.count(r) > 1})
     if dup:
         raise ConfigError(key, names, "each record once", hint=f"repeated: {dup}")
@@ -520,6 +533,7 @@ def interpatient(
     split_by: str = "time",
     name: str = "interpatient",
     val_records: Sequence[Any] = (),
+    ds1_extra: Sequence[Any] = (),
 ) -> Federation:
     """de Chazal's inter-patient division (the record lists live in conf/partition/interpatient.yaml;
     paced records 102, 104, 107, 217 are in neither): DS1 records are the federated clients (each splits
@@ -531,8 +545,17 @@ def interpatient(
     `val_records`: DS1 records held out of training to validate on patients the model never
     saw (heldout=True: every beat in val, reported as `heldout.val.*`). A DS1 client's own val
     split comes from the same patients that train, so it cannot tell how a setting generalizes
-    to new patients; these can, without touching DS2."""
+    to new patients; these can, without touching DS2.
+
+    `ds1_extra`: more records that federate beside DS1 as clients split like DS1's, e.g. a
+    second institution's (`[svdb/*]` with data=mitdb_svdb); DS2 stays the test set."""
     d1 = _records(beats, ds1, "partition.ds1")
+    if ds1_extra:
+        extra = _records(beats, ds1_extra, "partition.ds1_extra")
+        again = sorted(set(extra) & set(d1))
+        if again:
+            raise ConfigError("partition.ds1_extra", again, "records that are not in partition.ds1")
+        d1 = d1 + extra
     d2 = _records(beats, ds2, "partition.ds2")
     both = sorted(set(d1) & set(d2))
     if both:

@@ -341,6 +341,32 @@ class FabricTrainer:
             epoch += 1
 
 
+def fused_optimizer(factory: Callable[..., torch.optim.Optimizer], on: bool) -> Callable[..., torch.optim.Optimizer]:
+    """`factory` (a partial over params, from federation.optimizer) asking for the optimizer's
+    fused implementation when `on` (trainer.fused_optimizer) and the optimizer has one (Adam,
+    AdamW, SGD, Adagrad). Why: on CPU torch's default is a Python loop over the parameter
+    tensors, a handful of small ops each per step; the fused kernel updates them all in one
+    call. The same update up to float rounding, so the exact path leaves it off. A `fused`
+    the optimizer config sets itself wins."""
+    if not on:
+        return factory
+    import inspect
+
+    cls = factory.func if isinstance(factory, functools.partial) else factory
+    keywords = factory.keywords if isinstance(factory, functools.partial) else {}
+    try:
+        accepts = "fused" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if not accepts:
+        log.info("trainer.fused_optimizer: %s has no fused implementation; it runs as configured",
+                 getattr(cls, "__name__", cls))
+        return factory
+    if keywords.get("fused") is not None:
+        return factory
+    return functools.partial(factory, fused=True)
+
+
 def build_trainer(engine: str = "trainer", **kwargs: object) -> ClientTrainer | FabricTrainer:
     """The client trainer the `trainer` config names (`trainer.engine`)."""
     if engine not in ENGINES:
