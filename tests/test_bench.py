@@ -49,6 +49,9 @@ def test_quick_bench_writes_report_and_results(synthetic_db, tmp_path):
                     "5. Memory", "Threads", "Quick mode"):
         assert heading in text
     assert "| yes |" in text  # the overhead table's equivalence column
+    lever = sections["fast"]["result"]["levers"]["small model (cnn)"]
+    assert lever["busier_share"] == bench.busier_share(lever["client_beats"], lever["workers"])
+    assert "Ceiling of the worker processes: the busier of" in text
 
     # --only re-runs one section and keeps the others from the same machine's results.
     rc = bench.main(["--quick", "--only", "data", "--data-dir", str(synthetic_db), "--report", str(report),
@@ -86,3 +89,13 @@ def test_bad_agreement_setting_is_rejected(capsys):
         bench.main(["--only", "agreement", "--agreement", "clinicl"])
     assert exc.value.code == 2
     assert "unknown agreement setting 'clinicl'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sizes, workers, share", [
+    ([1274, 1274, 589], 2, 1863 / 3137),  # the largest two apart, the smallest after the first free
+    ([5, 4, 3, 3, 3], 2, 10 / 18),  # largest first: 5+3 and 4+3+3; the best split (9) it misses
+    ([7], 2, 1.0),
+    ([2, 2, 2, 2], 4, 0.25),
+])
+def test_busier_share_follows_largest_first_to_the_idle_worker(sizes, workers, share):
+    assert bench.busier_share(sizes, workers) == pytest.approx(share)
