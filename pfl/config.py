@@ -82,6 +82,11 @@ def validate(cfg: DictConfig) -> None:
     v.integer("trainer.workers", t.get("workers", 1), minimum=1)
     v.choice("trainer.precision", str(t.precision), ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed",
                                                       "64-true"))
+    if str(t.precision) == "16-mixed" and t.get("engine", "trainer") == "fabric":
+        # fp16 needs a gradient scaler around each step; the fabric engine steps the optimizer itself
+        raise ConfigError("trainer.precision", t.precision, "32-true or bf16-mixed with trainer.engine=fabric "
+                          "(fp16 needs the gradient scaler that Lightning's Trainer runs)",
+                          hint="use trainer.precision=bf16-mixed, or trainer.engine=trainer")
     fused = t.get("fused_optimizer", False)
     if not isinstance(fused, bool):
         raise ConfigError("trainer.fused_optimizer", fused, "true or false")

@@ -147,7 +147,8 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     train_clients = fed.training_clients if cfg.mode == "federated" else [pooled_client(fed.training_clients)]
 
     fcfg = cfg.federation
-    optimizer = fused_optimizer(hydra.utils.instantiate(fcfg.optimizer), cfg.trainer.get("fused_optimizer", False))
+    optimizer = fused_optimizer(hydra.utils.instantiate(fcfg.optimizer), cfg.trainer.get("fused_optimizer", False),
+                                device)
 
     def model_factory():
         return hydra.utils.instantiate(cfg.model).to(device)

@@ -180,6 +180,7 @@ def test_compile_happens_once_per_process_and_model():
     (("trainer.precision=fp8",), "trainer.precision"),
     (("trainer.workers=2", "federation.backend=ray"), "trainer.workers"),
     (("trainer.fused_optimizer=sometimes",), "trainer.fused_optimizer"),
+    (("trainer.engine=fabric", "trainer.precision=16-mixed"), "trainer.precision"),
     pytest.param(("trainer=gpu",), "trainer.accelerator",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")),
 ])
@@ -240,17 +241,56 @@ def test_fused_optimizer_leaves_what_it_cannot_or_need_not_change(caplog):
     with caplog.at_level(logging.INFO, logger="pfl.fl.trainer"):
         assert trainer_mod.fused_optimizer(rms, True) is rms
     assert "RMSprop has no fused implementation" in caplog.text
+    for own in ({"foreach": True}, {"differentiable": True}):  # each refuses fused=True alongside
+        mine = functools.partial(torch.optim.Adam, lr=0.01, **own)
+        assert trainer_mod.fused_optimizer(mine, True) is mine
+        mine(torch.nn.Linear(2, 2).parameters())
     sgd = trainer_mod.fused_optimizer(functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9), True)
     opt = sgd(torch.nn.Linear(2, 2).parameters())
     assert opt.defaults["fused"] is True and opt.defaults["momentum"] == 0.9
 
 
-def test_a_run_with_the_fused_optimizer_matches_the_loop_up_to_rounding(synthetic_db, tmp_path):
+class _NoFusedKernelHere(torch.optim.SGD):
+    """An optimizer whose fused kernel is missing on this device, as torch < 2.4 refuses on CPU."""
+
+    def __init__(self, params, lr=0.01, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                               "supported devices: ['cuda', 'xpu'].")
+        super().__init__(params, lr=lr)
+
+
+def test_fused_optimizer_falls_back_where_the_device_has_no_fused_kernel(caplog):
+    plain = functools.partial(_NoFusedKernelHere, lr=0.01)
+    with caplog.at_level(logging.INFO, logger="pfl.fl.trainer"):
+        assert trainer_mod.fused_optimizer(plain, True) is plain
+    assert "_NoFusedKernelHere has no fused kernel on cpu here (`fused=True` requires" in caplog.text
+
+
+def test_a_run_with_the_fused_optimizer_matches_the_loop_up_to_rounding(synthetic_db, tmp_path, monkeypatch):
+    built = []
+    configure = trainer_mod.LocalModule.configure_optimizers
+
+    def spy(self):
+        opt = configure(self)
+        built.append(opt.defaults.get("fused"))
+        return opt
+
+    monkeypatch.setattr(trainer_mod.LocalModule, "configure_optimizers", spy)
     loop = _run(synthetic_db, tmp_path / "loop", "federation.rounds=2")
+    n = len(built)
     fused = _run(synthetic_db, tmp_path / "fused", "federation.rounds=2", "trainer.fused_optimizer=true")
+    assert n and not any(built[:n]) and built[n:] and all(built[n:])  # every client's optimizer, fused
     diff = max((loop.global_weights[k].double() - fused.global_weights[k].double()).abs().max().item()
                for k in loop.global_weights)
-    assert 0 < diff < 1e-4  # fused: another kernel (not bit for bit), the same update
+    assert diff < 1e-4  # the same update up to float rounding (2 rounds on the synthetic records)
+
+
+def test_fast_preset_in_fp32_is_the_exact_path_with_the_fused_optimizer_bit_for_bit(synthetic_db, tmp_path):
+    """What conf/trainer/fast.yaml promises on a CPU without bf16, checked on any CPU by asking for fp32."""
+    exact = _run(synthetic_db, tmp_path / "exact", "trainer.threads=1", "trainer.fused_optimizer=true")
+    fast = _run(synthetic_db, tmp_path / "fast", "trainer=fast", "trainer.precision=32-true")
+    _same_result(exact, fast)
 
 
 def test_the_patched_lightning_loader_still_matches_lightnings_own():

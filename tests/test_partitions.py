@@ -467,3 +467,24 @@ def test_interpatient_ds1_extra_default_keeps_the_config_hash(tmp_path):
     assert cfgmod.config_hash(cfg) == cfgmod.config_hash(legacy)
     more = make_cfg(tmp_path / "db", tmp_path, "partition=interpatient", "partition.ds1_extra=[svdb/*]")
     assert cfgmod.config_hash(more) != cfgmod.config_hash(cfg)
+
+
+def test_wildcards_match_namespaced_ids_and_bare_record_names():
+    from types import SimpleNamespace
+
+    from pfl.data.partitions import _records
+
+    two = SimpleNamespace(records={"mitdb/100": None, "mitdb/800x": None, "svdb/800": None, "svdb/801": None})
+    assert _records(two, ["svdb/80?"], "k") == ["svdb/800", "svdb/801"]
+    assert _records(two, ["80?"], "k") == ["svdb/800", "svdb/801"]  # bare, as a plain `800` resolves
+    assert _records(two, ["100", "svdb/*"], "k") == ["mitdb/100", "svdb/800", "svdb/801"]
+    assert _records(two, ["mitdb/8*"], "k") == ["mitdb/800x"]
+    with pytest.raises(ConfigError, match=r"k=\['svdb/\*', '800'\].*each record once.*repeated: \['svdb/800'\]"):
+        _records(two, ["svdb/*", "800"], "k")
+
+
+def test_interpatient_val_records_take_wildcards(beats):
+    listed = fed_of(beats, "interpatient", val_records=["s02", "s04"])
+    pattern = fed_of(beats, "interpatient", val_records=["s0[24]"])
+    assert [c.cid for c in pattern.clients if c.heldout] == ["s02", "s04"]
+    assert pattern.digest() == listed.digest()

@@ -61,28 +61,38 @@ def database_of(record: str) -> str:
     return record.rsplit("/", 1)[0] if "/" in record else ""
 
 
-def _records(beats: BeatSet, wanted: Any, key: str) -> list[str]:
-    """Record names from a partition key (`all` or a list), checked against the loaded beats.
-    An entry with a wildcard (`svdb/*`, `svdb/8[0-4]?`) stands for the loaded records it matches,
-    in their loaded order, so another institution's records need not be listed one by one."""
-    if wanted is None or wanted == "all":
-        return list(beats.records)
-    if isinstance(wanted, str | int):
-        wanted = [wanted]
+def _expand(beats: BeatSet, wanted: Sequence[Any], key: str) -> list[str]:
+    """Record ids for the entries of a partition list: a name resolves as `_resolve_id` does,
+    and an entry with a wildcard (`svdb/*`, `svdb/8[0-4]?`, or `8*` against the bare record
+    names) stands for the loaded records it matches, in their loaded order, so another
+    institution's records need not be listed one by one."""
     names = []
     for r in _plain(wanted):
         r = str(r)
         if not any(ch in r for ch in "*?["):
             names.append(_resolve_id(beats, r))
             continue
-        matched = [x for x in beats.records if fnmatch.fnmatchcase(x, r)]
+        bare = "/" not in r
+        matched = [x for x in beats.records
+                   if fnmatch.fnmatchcase(x, r) or (bare and fnmatch.fnmatchcase(x.rsplit("/", 1)[-1], r))]
         if not matched:
             raise DataError(f"{key}: the pattern {r!r} matches none of the loaded records "
                             f"({', '.join(beats.records)}); check data (data=mitdb_svdb loads both databases)")
         names.extend(matched)
+    return names
+
+
+def _records(beats: BeatSet, wanted: Any, key: str) -> list[str]:
+    """Record names from a partition key (`all` or a list, wildcards allowed: `_expand`), checked
+    against the loaded beats."""
+    if wanted is None or wanted == "all":
+        return list(beats.records)
+    if isinstance(wanted, str | int):
+        wanted = [wanted]
+    names = _expand(beats, wanted, key)
     dup = sorted({r for r in names if names.count(r) > 1})
     if dup:
-        raise ConfigError(key, names, "each record once", hint=f"repeated: {dup}")
+        raise ConfigError(key, [str(r) for r in _plain(wanted)], "each record once", hint=f"repeated: {dup}")
     absent = [r for r in names if r not in beats.records]
     if absent:
         raise DataError(
@@ -564,7 +574,7 @@ def interpatient(
             both,
             "disjoint record lists (a DS2 patient must be unseen in training)",
         )
-    held = [_resolve_id(beats, str(r)) for r in (_plain(val_records) or [])]
+    held = _expand(beats, _plain(val_records) or [], "partition.val_records")
     outside = [r for r in held if r not in d1]
     if outside or len(set(held)) < len(held) or (held and len(set(held)) >= len(d1)):
         raise ConfigError("partition.val_records", held,

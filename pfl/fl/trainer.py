@@ -341,30 +341,43 @@ class FabricTrainer:
             epoch += 1
 
 
-def fused_optimizer(factory: Callable[..., torch.optim.Optimizer], on: bool) -> Callable[..., torch.optim.Optimizer]:
+def fused_optimizer(factory: Callable[..., torch.optim.Optimizer], on: bool,
+                    device: torch.device | str = "cpu") -> Callable[..., torch.optim.Optimizer]:
     """`factory` (a partial over params, from federation.optimizer) asking for the optimizer's
-    fused implementation when `on` (trainer.fused_optimizer) and the optimizer has one (Adam,
-    AdamW, SGD, Adagrad). Why: on CPU torch's default is a Python loop over the parameter
-    tensors, a handful of small ops each per step; the fused kernel updates them all in one
-    call. The same update up to float rounding, so the exact path leaves it off. A `fused`
-    the optimizer config sets itself wins."""
+    fused implementation when `on` (trainer.fused_optimizer) and the optimizer has one on
+    `device` (Adam, AdamW, SGD, Adagrad; on CPU since torch 2.4). Why: on CPU torch's default
+    is a Python loop over the parameter tensors, a handful of small ops each per step; the fused
+    kernel updates them all in one call. The same update up to float rounding, so the exact path
+    leaves it off. The optimizer config's own `fused`, `foreach` or `differentiable` wins.
+    Strategies that build their own optimizer (SCAFFOLD's corrected SGD, Per-FedAvg's and
+    pFedMe's inner steps) do not go through this factory."""
     if not on:
         return factory
     import inspect
 
     cls = factory.func if isinstance(factory, functools.partial) else factory
     keywords = factory.keywords if isinstance(factory, functools.partial) else {}
+    name = getattr(cls, "__name__", str(cls))
     try:
         accepts = "fused" in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         accepts = False
     if not accepts:
-        log.info("trainer.fused_optimizer: %s has no fused implementation; it runs as configured",
-                 getattr(cls, "__name__", cls))
+        log.info("trainer.fused_optimizer: %s has no fused implementation; it runs as configured", name)
         return factory
-    if keywords.get("fused") is not None:
+    chosen = [k for k in ("fused", "foreach", "differentiable") if keywords.get(k) is not None
+              and (k == "fused" or keywords.get(k))]
+    if chosen:
+        log.info("trainer.fused_optimizer: federation.optimizer sets %s; %s runs as configured", chosen[0], name)
         return factory
-    return functools.partial(factory, fused=True)
+    fused = functools.partial(factory, fused=True)
+    try:  # torch refuses a device its fused kernel does not cover (CPU before torch 2.4) when built
+        fused([torch.zeros(1, device=device, requires_grad=True)])
+    except (RuntimeError, ValueError) as e:
+        log.info("trainer.fused_optimizer: %s has no fused kernel on %s here (%s); it runs as configured",
+                 name, device, str(e).splitlines()[0][:120])
+        return factory
+    return fused
 
 
 def build_trainer(engine: str = "trainer", **kwargs: object) -> ClientTrainer | FabricTrainer:
