@@ -97,3 +97,10 @@ def test_bad_agreement_setting_is_rejected(capsys):
 ])
 def test_busier_share_follows_largest_first_to_the_idle_worker(sizes, workers, share):
     assert bench.busier_share(sizes, workers) == pytest.approx(share)
+
+
+def test_only_n_marks_a_model_that_calls_every_beat_n():
+    base = {"test.global.f1_N.pooled": 0.95, "test.global.f1.mean": 0.3}
+    assert bench.only_n({**base, "test.global.f1_S.pooled": 0.0, "test.global.f1_V.pooled": 0.0})
+    assert not bench.only_n({**base, "test.global.f1_S.pooled": 0.0, "test.global.f1_V.pooled": 0.01})
+    assert not bench.only_n(base)  # no other class reported: nothing to say
