@@ -683,6 +683,7 @@ FAST_LEVERS = {
     "fused optimizer (fabric)": ["trainer.engine=fabric", "trainer.fused_optimizer=true"],
     "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1"],
     "trainer=fast (all kept levers)": ["trainer=fast"],
+    "trainer=fast in fp32 (trainer.precision=32-true)": ["trainer=fast", "trainer.precision=32-true"],
 }
 FAST_TARGET = 1.5  # x faster per FedAvg round than the plain loop
 PATIENT_TARGET = 2.0  # x faster per-patient round than the exact path
