@@ -1284,7 +1284,8 @@ def _md_summary(s: dict[str, Any]) -> list[str]:
             trivial = _trivial_seeds(r)
             note = f" (both only-N on {len(trivial)} of {len(r['rows'])} seeds)" if trivial else ""
             rows.append((f"fast path agreement with exact, {label.split(' (')[0]}, {len(r['rows'])} seeds",
-                         f"abs diff <= {tol} points", f"worst {worst} points{note}", r["holds"]))
+                         f"abs diff <= {tol} points", f"worst {worst} points{note}",
+                         "**not shown** (every seed trivial)" if len(trivial) == len(r["rows"]) else r["holds"]))
     if "strategies" in s:
         o = s["strategies"]["result"]
         worst = max(r["ledger_share"] for r in o["runs"].values())
@@ -1308,7 +1309,7 @@ def _md_summary(s: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     out = ["## Summary", "", "| figure | target | measured | met |", "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {c} | {'yes' if ok else '**no**'} |" for a, b, c, ok in rows]
+    out += [f"| {a} | {b} | {c} | {ok if isinstance(ok, str) else 'yes' if ok else '**no**'} |" for a, b, c, ok in rows]
     return out + [""]
 
 
