@@ -41,9 +41,11 @@ def test_quick_bench_writes_report_and_results(synthetic_db, tmp_path):
     assert fixed["trainer_construction_ms"] > 0 and fixed["weights_digest_ms"] > 0
     agree = sections["agreement"]["result"]["settings"]["tiny synthetic"]
     assert [r["seed"] for r in agree["rows"]] == [0]
-    for key, v in agree["rows"][0].items():
-        if key != "seed":
-            assert v["diff"] == abs(v["exact"] - v["fast"])
+    row = agree["rows"][0]
+    assert set(row) == {"seed", "only_n", *bench.FAST_TOLERANCE}
+    for key in bench.FAST_TOLERANCE:
+        assert row[key]["diff"] == abs(row[key]["exact"] - row[key]["fast"])
+    assert set(row["only_n"]) == {"exact", "fast"}
     text = report.read_text()
     for heading in ("Framework overhead", "8. Fast path agreement", "Strategy cost", "Scaling", "Per-client fixed costs", "4. Data",
                     "5. Memory", "Threads", "Quick mode"):
