@@ -17,9 +17,10 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 
 #: keys that change results only when set away from these values: left out of the hash at them,
 #: so adding such a key kept every earlier run's identity
-NEUTRAL = {"trainer.compile": False, "trainer.fused_optimizer": False, "trainer.compile_backend": "inductor", "federation.test_every": None,
-           "data.rr.standardize": False, "data.rr.irregular_beats": 32, "loss.max_weight": None,
-           "partition.val_records": [], "partition.ds1_extra": [], "partition.common_records": [], "partition.common_per_class": None}
+NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "trainer.fused_optimizer": False,
+           "federation.test_every": None, "data.rr.standardize": False, "data.rr.irregular_beats": 32,
+           "loss.max_weight": None, "partition.val_records": [], "partition.ds1_extra": [],
+           "partition.common_records": [], "partition.common_per_class": None}
 
 
 #: what an objective (model selection, searches) may read: validation metrics only

@@ -85,9 +85,8 @@ def wfdb_beats(cfg_data: Any) -> BeatSet:
     per_db = database_settings(d)
     # The local mean's and the irregularity's lengths shape the cached intervals; the rest of
     # data.rr only selects.
-    local = {**({"rr_local_beats": rr["local_beats"]} if rr and rr["local_beats"] != LOCAL_BEATS else {}),
-             **({"rr_irregular_beats": rr["irregular_beats"]} if rr and rr["irregular_beats"] != IRREGULAR_BEATS
-                else {})}
+    local = {f"rr_{key}": rr[key] for key, default in (("local_beats", LOCAL_BEATS), ("irregular_beats", IRREGULAR_BEATS))
+             if rr and rr[key] != default}
     if "databases" not in d:
         return with_features(mitdb.load_beats({**{k: v for k, v in d.items() if k not in SOURCE_KEYS}, **local}), rr)
     sets = {key: mitdb.load_beats({**settings, **local}) for key, settings in per_db.items()}
