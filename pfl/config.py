@@ -18,6 +18,7 @@ VOLATILE = ("resume", "logger", "paths", "study", "objective", "hydra", "data.ro
 #: keys that change results only when set away from these values: left out of the hash at them,
 #: so adding such a key kept every earlier run's identity
 NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "trainer.fused_optimizer": False,
+           "trainer.spread_threads": False,
            "federation.test_every": None, "data.rr.standardize": False, "data.rr.irregular_beats": 32,
            "loss.max_weight": None, "partition.val_records": [], "partition.ds1_extra": [],
            "partition.common_records": [], "partition.common_per_class": None}
@@ -35,7 +36,7 @@ KNOWN_KEYS = {
                    "batch_size", "eval_batch_size",
                    "optimizer", "dropout", "on_divergence", "backend", "ray_address", "sampling"},
     "trainer": {"engine", "accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "compile",
-                "compile_backend", "fused_optimizer", "threads", "workers", "progress"},
+                "compile_backend", "fused_optimizer", "spread_threads", "threads", "workers", "progress"},
 }
 
 
@@ -88,9 +89,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.precision", t.precision, "32-true or bf16-mixed with trainer.engine=fabric "
                           "(fp16 needs the gradient scaler that Lightning's Trainer runs)",
                           hint="use trainer.precision=bf16-mixed, or trainer.engine=trainer")
-    fused = t.get("fused_optimizer", False)
-    if not isinstance(fused, bool):
-        raise ConfigError("trainer.fused_optimizer", fused, "true or false")
+    for key in ("fused_optimizer", "spread_threads"):
+        if not isinstance(t.get(key, False), bool):
+            raise ConfigError(f"trainer.{key}", t[key], "true or false")
     if t.get("compile") and t.get("engine", "trainer") != "fabric":
         raise ConfigError("trainer.compile", t.compile, "false with trainer.engine=trainer (compiling is "
                           "done by the fabric engine)", hint="add trainer.engine=fabric, or use trainer=fast")
@@ -103,6 +104,14 @@ def validate(cfg: DictConfig) -> None:
     if t.get("workers", 1) > 1 and str(t.accelerator) in ("gpu", "cuda", "auto"):
         raise ConfigError("trainer.workers", t.workers, f"1 with trainer.accelerator={t.accelerator} (CUDA does "
                           "not survive the fork that starts the workers)", hint="use federation.backend=ray")
+    if t.get("workers", 1) > 1 and (t.get("threads") or 1) > 1:
+        # GNU OpenMP (torch's on Linux) keeps the thread pool of the process it was forked from:
+        # a worker forked after the run's process ran threads hangs on its first threaded op.
+        raise ConfigError("trainer.threads", t.threads, f"1 with trainer.workers={t.workers} (torch's OpenMP "
+                          "cannot start threads in a process forked after the run's process has run threads: "
+                          "the workers would hang)",
+                          hint="use trainer.spread_threads=true to give a round's left-over client every "
+                               "core, or federation.backend=ray for workers of several threads")
     if t.get("workers", 1) > 1 and f.backend == "ray":
         raise ConfigError("trainer.workers", t.workers, "1 with federation.backend=ray (Ray starts its own "
                           "workers, one per trainer.threads cores)")
@@ -124,6 +133,15 @@ def _drop(container: dict, dotted: str) -> None:
 def config_hash(cfg: DictConfig) -> str:
     """SHA-256 of the resolved config less the keys that do not change results."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    trainer = container.get("trainer") or {}
+    # Spread threads make a fit's thread count, and so its float sums, follow the worker count;
+    # without workers they change nothing.
+    workers = None
+    if trainer.get("spread_threads"):
+        if trainer.get("workers", 1) > 1:
+            workers = trainer["workers"]
+        else:
+            trainer.pop("spread_threads")
     for key in VOLATILE:
         _drop(container, key)
     for key, neutral in NEUTRAL.items():
@@ -133,6 +151,8 @@ def config_hash(cfg: DictConfig) -> str:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(last, neutral) == neutral:
             node.pop(last, None)
+    if workers is not None:
+        container["trainer"]["workers"] = workers
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -190,7 +190,8 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     elif workers > 1:
         from pfl.fl.workers import ProcessBackend
 
-        backend = ProcessBackend(workers, threads=cfg.trainer.get("threads") or 1)
+        backend = ProcessBackend(workers, threads=cfg.trainer.get("threads") or 1,
+                                 spread_threads=cfg.trainer.get("spread_threads", False))
     server = Server(strategy, model_factory, train_clients, fed.clients, fed.classes, rounds=fcfg.rounds,
                     seed=cfg.seed, clients_per_round=fcfg.clients_per_round, eval_every=fcfg.eval_every,
                     test_every=fcfg.get("test_every"),

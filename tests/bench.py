@@ -684,6 +684,8 @@ FAST_LEVERS = {
     "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1"],
     "trainer=fast (all kept levers)": ["trainer=fast"],
     "trainer=fast in fp32 (trainer.precision=32-true)": ["trainer=fast", "trainer.precision=32-true"],
+    "trainer=fast without spread threads (trainer.spread_threads=false)": ["trainer=fast",
+                                                                            "trainer.spread_threads=false"],
 }
 FAST_TARGET = 1.5  # x faster per FedAvg round than the plain loop
 PATIENT_TARGET = 2.0  # x faster per-patient round than the exact path
@@ -698,6 +700,20 @@ def busier_share(sizes: Sequence[int], workers: int) -> float:
     for n in sorted(sizes, reverse=True):
         load[load.index(min(load))] += n
     return max(load) / max(sum(sizes), 1)
+
+
+def spread_shares(sizes: Sequence[int], workers: int) -> tuple[float, float]:
+    """With trainer.spread_threads (pfl.fl.workers.thread_plan): the share of the training beats
+    on the busier worker before the left-over client starts, and that client's share, which
+    then trains on every core; (busier_share, 0) where there is none."""
+    from pfl.fl.workers import thread_plan
+
+    order, _, tail = thread_plan(sizes, workers, 1, True)
+    if not tail:
+        return busier_share(sizes, workers), 0.0
+    last, total = order[-1], max(sum(sizes), 1)
+    rest = [n for i, n in enumerate(sizes) if i != last]
+    return busier_share(rest, workers) * sum(rest) / total, sizes[last] / total
 
 
 def _rounds_s(out: dict[str, Any], skip_first: bool = True) -> float:
@@ -744,6 +760,7 @@ def bench_fast(opts: Opts) -> dict[str, Any]:
         out["levers"][label] = {
             "overrides": common, "rounds": rounds, "warmup_s": warm, "client_beats": sizes,
             "busier_share": busier_share(sizes, len(os.sched_getaffinity(0))), "workers": len(os.sched_getaffinity(0)),
+            "spread_shares": spread_shares(sizes, len(os.sched_getaffinity(0))),
             "round_s": {k: median(v) for k, v in times.items()}, "round_s_all": dict(times),
             "first_round_s": {k: median(v) for k, v in first.items()},
             "speedup_vs_plain": {k: base / median(v) for k, v in times.items()},
@@ -924,6 +941,12 @@ def _md_fast(o: dict[str, Any]) -> list[str]:
                            f"finishes a round no sooner than {share:.3f} x the 1-thread loop's: at most "
                            f"{allc / (one * share):.2f}x the all-core loop, before any overhead. Beyond that only "
                            "cheaper steps pay (bf16, the fused optimizer).")
+            wave, tail = r.get("spread_shares") or (share, 0.0)
+            if tail:
+                out.append(f"  With spread threads (`trainer.spread_threads`, in trainer=fast) the left-over client "
+                           f"({tail:.3f} of the beats) trains last on every core: no sooner than {wave:.3f} x the "
+                           f"1-thread loop's + {tail:.3f} x the all-core loop's, at most "
+                           f"{allc / (one * wave + allc * tail):.2f}x the all-core loop.")
     out.append("")
     for label, r in o["levers"].items():
         out += [f"**{label}** (`{' '.join(x for x in r['overrides'] if not x.startswith(('data.', 'paths.')))}`):",

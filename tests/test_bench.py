@@ -101,6 +101,16 @@ def test_busier_share_follows_largest_first_to_the_idle_worker(sizes, workers, s
     assert bench.busier_share(sizes, workers) == pytest.approx(share)
 
 
+@pytest.mark.parametrize("sizes, workers, wave, tail", [
+    # hospitals: 1,274 and 1,183 side by side, then 680 alone on both cores
+    ([1183, 1274, 680], 2, 1274 / 3137, 680 / 3137),
+    ([5, 4, 3, 3], 2, 8 / 15, 0.0),  # no left-over client: the busier share as before
+    ([7], 2, 0.0, 1.0),
+])
+def test_spread_shares_put_the_left_over_client_after_the_rest(sizes, workers, wave, tail):
+    assert bench.spread_shares(sizes, workers) == pytest.approx((wave, tail))
+
+
 def test_only_n_marks_a_model_that_calls_every_beat_n():
     base = {"test.global.f1_N.pooled": 0.95, "test.global.f1.mean": 0.3}
     assert bench.only_n({**base, "test.global.f1_S.pooled": 0.0, "test.global.f1_V.pooled": 0.0})
