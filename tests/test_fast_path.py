@@ -361,11 +361,30 @@ def test_the_tail_runs_here_after_the_rest_on_their_threads(monkeypatch, spread)
     assert (tail_start >= longest_end) if spread else (tail_start < longest_end - 0.3)
 
 
-def test_spread_threads_trains_like_the_serial_run_up_to_rounding_and_reruns_alike(synthetic_db, tmp_path):
-    over = ("trainer.threads=1", "federation.rounds=2", "trainer.engine=fabric")
+@pytest.mark.parametrize("strategy", ["none", "finetune"])  # finetune: personalization trains in the tail too
+def test_spread_threads_trains_like_the_serial_run_up_to_rounding_and_reruns_alike(synthetic_db, tmp_path, strategy,
+                                                                                  monkeypatch):
+    from pfl.fl.workers import ProcessBackend
+
+    here: list[tuple[str, int]] = []
+    run_here = ProcessBackend._run_here
+
+    def spy(self, call, threads):
+        here.append((call[0], threads))
+        return run_here(self, call, threads)
+
+    monkeypatch.setattr(ProcessBackend, "_run_here", spy)
+    # 5 patients on 2 workers: one left over each round
+    over = ("trainer.threads=1", "federation.rounds=2", "trainer.engine=fabric", f"strategy={strategy}",
+            "partition.records=[s01,s02,s03,s04,s05]")
     serial = _run(synthetic_db, tmp_path / "serial", *over)
+    assert not here
     spread = [_run(synthetic_db, tmp_path / f"spread{i}", *over, "trainer.workers=2", "trainer.spread_threads=true")
               for i in range(2)]
+    # each round's left-over update (and, with fine-tuning, personalization) ran here on 2 threads
+    assert {("update", 2)} <= set(here) and {t for _, t in here} == {2}
+    if strategy == "finetune":
+        assert ("evaluate", 2) in here
     _same_result(spread[0], spread[1])
     diff = max(float((serial.global_weights[k] - spread[0].global_weights[k]).abs().max())
                for k in serial.global_weights)

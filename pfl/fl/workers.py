@@ -212,17 +212,18 @@ class ProcessBackend(Backend):
         """A call run in the run's own process on `threads` threads (the tail of `thread_plan`)."""
         if self._here is None:
             wl = self.workload
-            with torch.random.fork_rng():  # building its working model must not move the run's RNG
-                self._here = WorkerCore(wl.strategy, wl.model_factory, wl.clients)
-                self._here.model  # noqa: B018 - built now, inside fork_rng
+            self._here = WorkerCore(wl.strategy, wl.model_factory, wl.clients)
         method, cid, args = call
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
-        try:
-            fn = getattr(self._here, method)
-            return fn(*args) if cid is None else fn(self._here.clients[cid], *args)
-        finally:
-            torch.set_num_threads(before)
+        # As in a worker, what the call draws from torch's RNG (building models, seeding fits)
+        # leaves this process's stream where it was.
+        with torch.random.fork_rng():
+            try:
+                fn = getattr(self._here, method)
+                return fn(*args) if cid is None else fn(self._here.clients[cid], *args)
+            finally:
+                torch.set_num_threads(before)
 
     def _in_order(self, calls: Sequence[tuple[str, str | None, tuple]], sizes: Sequence[int]) -> Iterator[Any]:
         """Run calls on idle workers, largest first, the tail of `thread_plan` in this process
