@@ -219,6 +219,10 @@ def _conf_digest() -> str:
     here = Path(__file__).resolve().parent
     for name in ("config.py", "resolvers.py", "shortforms.py", "data/rr.py"):
         h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    # ${cores:} (trainer=fast's worker count) enters the hash with trainer.spread_threads
+    from pfl.resolvers import _cores
+
+    h.update(f"cores={_cores()}".encode())
     return h.hexdigest()
 
 

@@ -103,7 +103,7 @@ def test_fast_preset_composes_and_runs(synthetic_db, tmp_path):
     fast = _run(synthetic_db, tmp_path / "fast", "trainer=fast")
     if resolve_precision("bf16-mixed") == "32-true" and cfg.trainer.workers == 1:  # the same fp32 math
         _same_result(exact, fast)
-    else:  # bf16 autocast: within the tolerance BENCHMARKS.md states
+    else:  # bf16 autocast, or a left-over client on more threads: within the tolerance BENCHMARKS.md states
         assert abs(exact.metrics["test.global.f1.mean"] - fast.metrics["test.global.f1.mean"]) <= 0.02
 
 
@@ -326,6 +326,7 @@ def _probe(self, seconds):  # what a call sees: its process, its thread count, w
     import os
     import time
 
+    torch.rand(3)  # a draw from torch's RNG: the run's process must not see it move
     start = time.monotonic()
     time.sleep(seconds)
     return os.getpid(), torch.get_num_threads(), start, time.monotonic()
@@ -343,7 +344,7 @@ def test_the_tail_runs_here_after_the_rest_on_their_threads(monkeypatch, spread)
     # two clients, so that both workers start (the probe calls name none)
     backend.bind(Workload(strategy=None, model_factory=torch.nn.Identity, clients={"a": None, "b": None},
                           n_classes=5, eval_batch_size=8))
-    before = torch.get_num_threads()
+    before, rng = torch.get_num_threads(), torch.get_rng_state()
     try:
         backend.start()
         seconds = [0.3, 0.9, 0.1]
@@ -351,17 +352,41 @@ def test_the_tail_runs_here_after_the_rest_on_their_threads(monkeypatch, spread)
     finally:
         backend.close()
     assert torch.get_num_threads() == before  # this process's threads restored
+    assert torch.equal(torch.get_rng_state(), rng)  # and its RNG stream
     here = [pid == os.getpid() for pid, *_ in got]
     assert here == ([False, False, True] if spread else [False, False, False])
     assert [g[1] for g in got] == ([1, 1, 2] if spread else [1, 1, 1])
     for (*_, start, end), s in zip(got, seconds):  # results come back in call order
         assert end - start >= s
-    tail_start, longest_end = got[2][2], got[1][3]
-    # spread: the smallest call waits for the 0.9 s one; else it follows the 0.3 s one at once
-    assert (tail_start >= longest_end) if spread else (tail_start < longest_end - 0.3)
+    if spread:  # the smallest call waited for the 0.9 s one
+        assert got[2][2] >= got[1][3]
 
 
 @pytest.mark.parametrize("strategy", ["none", "finetune"])  # finetune: personalization trains in the tail too
+def _boom(self):
+    raise ValueError("client cannot train")
+
+
+def test_a_worker_error_while_the_tail_waits_is_raised_and_the_tail_never_runs(monkeypatch):
+    from pfl.fl.server import Workload
+    from pfl.fl.workers import ProcessBackend, WorkerCore
+
+    monkeypatch.setattr(WorkerCore, "probe", _probe, raising=False)
+    monkeypatch.setattr(WorkerCore, "boom", _boom, raising=False)
+    ran_here: list = []
+    monkeypatch.setattr(ProcessBackend, "_run_here", lambda self, call, threads: ran_here.append(call))
+    backend = ProcessBackend(2, threads=1, spread_threads=True)
+    backend.bind(Workload(strategy=None, model_factory=torch.nn.Identity, clients={"a": None, "b": None},
+                          n_classes=5, eval_batch_size=8))
+    try:
+        with pytest.raises(ValueError, match="cannot train"):
+            list(backend._in_order([("probe", None, (0.2,)), ("boom", None, ()), ("probe", None, (0.0,))],
+                                   sizes=[3, 9, 1]))
+    finally:
+        backend.close()
+    assert ran_here == []
+
+
 def test_spread_threads_trains_like_the_serial_run_up_to_rounding_and_reruns_alike(synthetic_db, tmp_path, strategy,
                                                                                   monkeypatch):
     from pfl.fl.workers import ProcessBackend
@@ -381,8 +406,9 @@ def test_spread_threads_trains_like_the_serial_run_up_to_rounding_and_reruns_ali
     assert not here
     spread = [_run(synthetic_db, tmp_path / f"spread{i}", *over, "trainer.workers=2", "trainer.spread_threads=true")
               for i in range(2)]
-    # each round's left-over update (and, with fine-tuning, personalization) ran here on 2 threads
-    assert {("update", 2)} <= set(here) and {t for _, t in here} == {2}
+    # each round's left-over update (2 rounds x 2 runs; with fine-tuning, personalization too)
+    # ran here on 2 threads
+    assert [c for c in here if c[0] == "update"] == [("update", 2)] * 4 and {t for _, t in here} == {2}
     if strategy == "finetune":
         assert ("evaluate", 2) in here
     _same_result(spread[0], spread[1])

@@ -13,8 +13,10 @@ runs it, so with 1 thread per worker the metrics equal the serial backend's at
 `trainer.threads=1` bit for bit (tests/test_fast_path.py). Clients are handed out largest first
 to whichever worker is idle; results come back in the order of the clients.
 
-`trainer.spread_threads=true` (on in `trainer=fast`) gives a round's one left-over client the
-threads of the workers that would otherwise wait for it: with 3 clients on 2 workers, the
+`trainer.spread_threads=true` (on in `trainer=fast`) gives a round's one left-over call (a
+client's update or personalization, or a lone evaluation share: m = 1, or m mod workers = 1 of
+m calls; with two or more left over nothing is spread) the threads of the workers that would
+otherwise wait for it, workers x threads: with 3 clients on 2 workers, the
 smallest trains after the other two, in the run's own process, on 2 threads instead of beside
 the largest on 1. It runs there because GNU OpenMP (torch's on Linux) cannot start threads in a
 child forked from a process that has already run threads, as a run in a sweep or after another
@@ -24,9 +26,9 @@ worker count alone (`thread_plan`), never from timing, so a rerun gives the same
 fit's float sums depend on its thread count, so these runs equal a serial run's only up to
 rounding, and their config hash includes `trainer.workers`.
 
-The global model's evaluation stays in the run's process: one batched pass over every
-client's beats (pfl.fl.evaluate.global_confusions); only personalization, which trains, goes
-to the workers.
+The global model's evaluation is split into one share of clients per worker, balanced by
+beats, each share one batched pass (pfl.fl.evaluate.global_confusions); personalization and the
+personalized models' evaluation go to the workers client by client.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ class ProcessBackend(Backend):
         torch.set_num_threads(threads)
         # As in a worker, what the call draws from torch's RNG (building models, seeding fits)
         # leaves this process's stream where it was.
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[]):  # CPU only: workers are refused on a GPU
             try:
                 fn = getattr(self._here, method)
                 return fn(*args) if cid is None else fn(self._here.clients[cid], *args)
