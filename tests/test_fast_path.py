@@ -379,6 +379,7 @@ def test_a_worker_error_while_the_tail_waits_is_raised_and_the_tail_never_runs(m
     backend.bind(Workload(strategy=None, model_factory=torch.nn.Identity, clients={"a": None, "b": None},
                           n_classes=5, eval_batch_size=8))
     try:
+        backend.start()
         with pytest.raises(ValueError, match="cannot train"):
             list(backend._in_order([("probe", None, (0.2,)), ("boom", None, ()), ("probe", None, (0.0,))],
                                    sizes=[3, 9, 1]))

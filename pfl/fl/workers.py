@@ -134,7 +134,7 @@ def thread_plan(sizes: Sequence[int], workers: int, threads: int, spread: bool,
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
     per_call = [threads] * len(sizes)
     m, cores = len(sizes), cores or workers * threads
-    if spread and cores > threads and (m == 1 or (m > workers and m % workers == 1)):
+    if spread and workers and cores > threads and (m == 1 or (m > workers and m % workers == 1)):
         per_call[order[-1]] = cores
         return order, per_call, 1
     return order, per_call, 0
