@@ -362,7 +362,6 @@ def test_the_tail_runs_here_after_the_rest_on_their_threads(monkeypatch, spread)
         assert got[2][2] >= got[1][3]
 
 
-@pytest.mark.parametrize("strategy", ["none", "finetune"])  # finetune: personalization trains in the tail too
 def _boom(self):
     raise ValueError("client cannot train")
 
@@ -388,6 +387,7 @@ def test_a_worker_error_while_the_tail_waits_is_raised_and_the_tail_never_runs(m
     assert ran_here == []
 
 
+@pytest.mark.parametrize("strategy", ["none", "finetune"])  # finetune: personalization trains in the tail too
 def test_spread_threads_trains_like_the_serial_run_up_to_rounding_and_reruns_alike(synthetic_db, tmp_path, strategy,
                                                                                   monkeypatch):
     from pfl.fl.workers import ProcessBackend
