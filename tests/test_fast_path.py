@@ -366,7 +366,10 @@ def _boom(self):
     raise ValueError("client cannot train")
 
 
-def test_a_worker_error_while_the_tail_waits_is_raised_and_the_tail_never_runs(monkeypatch):
+def test_a_worker_error_stops_the_batch_the_tail_never_runs_and_fresh_workers_follow(monkeypatch):
+    import os
+    import time
+
     from pfl.fl.server import Workload
     from pfl.fl.workers import ProcessBackend, WorkerCore
 
@@ -382,9 +385,15 @@ def test_a_worker_error_while_the_tail_waits_is_raised_and_the_tail_never_runs(m
         with pytest.raises(ValueError, match="cannot train"):
             list(backend._in_order([("probe", None, (0.2,)), ("boom", None, ()), ("probe", None, (0.0,))],
                                    sizes=[3, 9, 1]))
+        assert ran_here == [] and not backend.procs  # the workers, maybe mid-call, are stopped
+        # A later batch starts fresh workers and reads its own results, not the stopped batch's.
+        backend.start()
+        t0 = time.monotonic()
+        got = list(backend._in_order([("probe", None, (0.05,)), ("probe", None, (0.01,))], sizes=[1, 1]))
+        assert all(start >= t0 for _, _, start, _ in got)  # a stale result started before t0
+        assert os.getpid() not in [g[0] for g in got]
     finally:
         backend.close()
-    assert ran_here == []
 
 
 @pytest.mark.parametrize("strategy", ["none", "finetune"])  # finetune: personalization trains in the tail too

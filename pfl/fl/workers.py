@@ -254,9 +254,13 @@ class ProcessBackend(Backend):
                 try:
                     status, out = conn.recv()
                 except EOFError:
+                    self.close()
                     raise PflError(f"a worker process died while running {calls[i][0]} {calls[i][1] or ''!r} "
                                    f"(out of memory?); rerun with trainer.workers=1 to see its error") from None
                 if status == "error":
+                    # The other workers may still be running calls of this batch; their results
+                    # would be read as the next call's. Stopped, so a later call forks afresh.
+                    self.close()
                     raise out
                 done[i] = out
             while next_i in done:
