@@ -356,7 +356,7 @@ def test_the_tail_runs_here_after_the_rest_on_their_threads(monkeypatch, spread)
     here = [pid == os.getpid() for pid, *_ in got]
     assert here == ([False, False, True] if spread else [False, False, False])
     assert [g[1] for g in got] == ([1, 1, 2] if spread else [1, 1, 1])
-    for (*_, start, end), s in zip(got, seconds):  # results come back in call order
+    for (*_, start, end), s in zip(got, seconds, strict=True):  # results come back in call order
         assert end - start >= s
     if spread:  # the smallest call waited for the 0.9 s one
         assert got[2][2] >= got[1][3]

@@ -232,7 +232,7 @@ class ProcessBackend(Backend):
         once the rest are done; yield the results in call order."""
         # Fewer workers than configured where there are fewer clients; the tail gets every core.
         order, threads, tail = thread_plan(sizes, len(self.conns), self.threads, self.spread_threads,
-                                           max(self.workers, len(self.conns)) * self.threads)
+                                           self.workers * self.threads)
         pending = deque(order[:len(order) - tail])
         idle = list(self.conns)
         running: dict[Any, int] = {}
