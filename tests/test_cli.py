@@ -96,7 +96,7 @@ def test_finetune_hyperparameters_are_validated():
 
 def test_unknown_strategy_lists_the_available_ones():
     zoo = {"local", "none", "finetune", "perfedavg", "fedprox", "ditto", "fedper", "fedrep", "lgfedavg", "fedbn",
-           "apfl", "pfedme", "scaffold"}
+           "apfl", "pfedme", "scaffold", "fedrod"}
     assert zoo <= set(available())
     with pytest.raises(ConfigError, match=r"strategy.name='nosuch'.*apfl, ditto, fedbn"):
         build_strategy({"name": "nosuch"})

@@ -33,11 +33,11 @@ def _softmax(z):
     return e / e.sum(1, keepdims=True)
 
 
-def _grad(p, x, y):
-    """Gradients of mean cross-entropy of softmax(body(x) -> head) for the two-layer linear net
-    {"body.weight", "body.bias", "head.weight", "head.bias"}, by hand."""
+def _grad(p, x, y, offset=0.0):
+    """Gradients of mean cross-entropy of softmax(body(x) -> head + offset) for the two-layer
+    linear net {"body.weight", "body.bias", "head.weight", "head.bias"}, by hand."""
     h = x @ p["body.weight"].T + p["body.bias"]
-    q = _softmax(h @ p["head.weight"].T + p["head.bias"])
+    q = _softmax(h @ p["head.weight"].T + p["head.bias"] + offset)
     q[np.arange(len(y)), y] -= 1
     q /= len(y)
     dh = q @ p["head.weight"]
@@ -188,6 +188,70 @@ def test_apfl_steps_the_global_copy_the_personal_model_and_the_mixing_weight():
     model.load_state_dict(w0)
     personal = _np(strategy.personal_model(model, c, update.state, rnd=1).state_dict())
     _close(personal, {n: a * v[n] + (1 - a) * _np(w0)[n] for n in w})
+
+
+def _fedrod_by_hand(p, x, y, generic_loss):
+    """STEPS full-batch SGD steps of FedRoD on Net: the shared net on balanced softmax (log class
+    counts added to the logits) or plain CE, the personal head (zero at the start) on CE of the
+    detached generic logits plus its own."""
+    log_counts = np.log(np.bincount(y, minlength=2).astype(float)) if generic_loss == "balanced" else 0.0
+    ph = {"weight": np.zeros((2, 4)), "bias": np.zeros(2)}
+    for _ in range(STEPS):
+        h = x @ p["body.weight"].T + p["body.bias"]
+        logits = h @ p["head.weight"].T + p["head.bias"]
+        g = _grad(p, x, y, offset=log_counts)
+        r = _softmax(logits + h @ ph["weight"].T + ph["bias"])
+        r[np.arange(len(y)), y] -= 1
+        r /= len(y)
+        p = {k: p[k] - LR * g[k] for k in p}
+        ph = {"weight": ph["weight"] - LR * r.T @ h, "bias": ph["bias"] - LR * r.sum(0)}
+    return p, ph
+
+
+@pytest.mark.parametrize("generic_loss", ["balanced", "criterion"])
+def test_fedrod_trains_the_shared_net_on_balanced_softmax_and_a_personal_head_on_the_sum(generic_loss):
+    strategy, model, w0 = _setup("fedrod", generic_loss=generic_loss)
+    c = _client(3, n=9)
+    x, y = c.train.x.numpy(), c.train.y.numpy()
+    assert 0 < y.sum() < len(y)  # both classes, unequal counts: the offset matters
+    p, ph = _fedrod_by_hand(_np(w0), x, y, generic_loss)
+    update = strategy.local_update(model, c, {}, rnd=1)
+    _close(_np(update.weights), p)  # the whole shared net is sent
+    _close(_np(update.state["personal"]), ph)
+    # Evaluated with body -> generic head + personal head, the generic part the global model's.
+    model.load_state_dict(w0)
+    personal = strategy.personal_model(model, c, update.state, rnd=1)
+    g = _np(w0)
+    h = x @ g["body.weight"].T + g["body.bias"]
+    expected = h @ g["head.weight"].T + g["head.bias"] + h @ ph["weight"].T + ph["bias"]
+    with torch.no_grad():
+        np.testing.assert_allclose(personal(c.train.x).numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fedrod_gives_a_class_the_client_lacks_no_generic_gradient():
+    strategy, model, w0 = _setup("fedrod")
+    c = _client(4, n=8)
+    c = Client(c.cid, Split(c.train.x, torch.zeros_like(c.train.y)), c.val, c.test)  # class 0 only
+    x, y = c.train.x.numpy(), c.train.y.numpy()
+    update = strategy.local_update(model, c, {}, rnd=1)
+    w = _np(update.weights)
+    assert all(np.isfinite(t).all() for t in w.values())
+    # Balanced softmax: probability 0 for the absent class, so its row of the head never moves...
+    np.testing.assert_array_equal(w["head.weight"][1], w0["head.weight"][1].numpy())
+    assert w["head.bias"][1] == w0["head.bias"][1].item()
+    # ...and with one class left the generic loss is 0: the shared net does not move at all.
+    _close(w, _np(w0))
+    # The personal head alone learns that this patient's beats are class 0, on fixed features.
+    g = _np(w0)
+    h = x @ g["body.weight"].T + g["body.bias"]
+    ph = {"weight": np.zeros((2, 4)), "bias": np.zeros(2)}
+    for _ in range(STEPS):
+        r = _softmax(h @ g["head.weight"].T + g["head.bias"] + h @ ph["weight"].T + ph["bias"])
+        r[:, 0] -= 1
+        r /= len(y)
+        ph = {"weight": ph["weight"] - LR * r.T @ h, "bias": ph["bias"] - LR * r.sum(0)}
+    _close(_np(update.state["personal"]), ph)
+    assert ph["bias"][1] < 0 < ph["bias"][0]
 
 
 @pytest.mark.parametrize("name, local", [("fedper", "head."), ("fedrep", "head."), ("lgfedavg", "body.")])

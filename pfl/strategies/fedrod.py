@@ -1,0 +1,121 @@
+"""`fedrod`: FedRoD (Chen and Chao, ICLR 2022): a generic and a personal head on one shared body.
+
+The body and the generic head are shared and averaged as in FedAvg, trained on a class-balanced
+objective: balanced softmax adds the client's log class counts to the logits, so a client whose
+minutes hold no V beat does not teach the shared model that V is rare, and a class the client
+lacks gets no gradient at all. Each client keeps a personal head of the generic head's shape;
+its logits add to the generic ones and it learns on the run's loss (class weights included)
+with the body's features and the generic logits detached, on the same batches. The client is
+evaluated with body -> generic head + personal head; the global model is body -> generic head.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfl import validation as v
+from pfl.data.types import Client
+from pfl.errors import ConfigError
+from pfl.strategies.base import Strategy, Weights, snapshot
+
+GENERIC_LOSSES = ("balanced", "criterion")
+
+
+class TwoHeads(nn.Module):
+    """`model`'s logits plus a personal head applied to the input of `model`'s head."""
+
+    def __init__(self, model: nn.Module, head: str, personal: nn.Module):
+        super().__init__()
+        self.model, self.personal, self.head = model, personal, head
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(generic logits, the features the generic head saw)."""
+        seen: list[torch.Tensor] = []
+        hook = self.model.get_submodule(self.head).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        try:
+            logits = self.model(x)
+        finally:
+            hook.remove()
+        if len(seen) != 1:
+            raise RuntimeError(f"fedrod: the model called its head {self.head!r} {len(seen)} times per forward; "
+                               "it must call it once")
+        return logits, seen[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, z = self.split(x)
+        return logits + self.personal(z)
+
+
+def personal_head(model: nn.Module, head: str) -> nn.Module:
+    """A copy of the generic head whose last linear layer is zero: the personalized model starts
+    equal to the generic one instead of doubling its logits."""
+    personal = copy.deepcopy(model.get_submodule(head))
+    last = [m for m in personal.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ConfigError("strategy.head", head, "a head module ending in a linear layer")
+    with torch.no_grad():
+        last[-1].weight.zero_()
+        if last[-1].bias is not None:
+            last[-1].bias.zero_()
+    return personal
+
+
+class FedRoD(Strategy):
+    label = "FedRoD"
+    order = 85
+    paper = "Chen and Chao, ICLR 2022"
+    keeps_client_state = True
+
+    def __init__(self, head: str = "head.", generic_loss: str = "balanced"):
+        self.head = str(head).rstrip(".")
+        self.generic_loss = v.choice("strategy.generic_loss", generic_loss, GENERIC_LOSSES)
+
+    def check_client(self, client: Client) -> None:
+        if self.ctx.model_factory is None or getattr(self, "_checked", False):
+            return
+        self._checked = True
+        model = self.ctx.model_factory()
+        try:
+            model.get_submodule(self.head)
+        except AttributeError:
+            names = sorted({n.split(".")[0] for n, _ in model.named_children()})
+            raise ConfigError("strategy.head", f"{self.head}.", "a submodule of the model: "
+                              + ", ".join(f"{n}." for n in names)) from None
+
+    def _pair(self, model: nn.Module, state: dict[str, Any]) -> TwoHeads:
+        personal = personal_head(model, self.head)
+        if "personal" in state:
+            personal.load_state_dict(state["personal"])
+        return TwoHeads(model, self.head, personal)
+
+    def train(self, model: nn.Module, client: Client, state: dict[str, Any], rnd: int,
+              anchor: Weights) -> dict[str, float]:
+        pair = self._pair(model, state)
+        crit = self.ctx.criterion
+        log_counts: torch.Tensor | None = None
+
+        def loss(m: TwoHeads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            nonlocal log_counts
+            logits, z = m.split(x)
+            if self.generic_loss == "balanced":
+                if log_counts is None:  # log 0 = -inf: a class the client lacks gets probability 0
+                    counts = torch.bincount(client.train.y, minlength=logits.shape[1]).to(logits.device)
+                    # float32 at least: bf16 (trainer=fast) rounds log(3000) to within 0.03
+                    log_counts = counts.to(torch.promote_types(logits.dtype, torch.float32)).log()
+                generic = F.cross_entropy(logits + log_counts, y)
+            else:
+                generic = crit(logits, y)
+            # Disjoint parameters: one optimizer over both heads steps each on its own loss.
+            return generic + crit(logits.detach() + m.personal(z.detach()), y)
+
+        module = self.ctx.fit(pair, client, rnd, "local", loss=loss, **self.ctx.work)
+        state["personal"] = snapshot(pair.personal)
+        return {"train_loss": module.mean_loss, "steps": module.steps}
+
+    def personalize(self, model: nn.Module, client: Client, state: dict[str, Any], rnd: int) -> nn.Module:
+        return self._pair(model, state)
