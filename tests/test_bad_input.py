@@ -89,6 +89,8 @@ CONFIG_ROWS = [
     (["strategy=perfedavg", "adapt_steps=2.5"], ["strategy.adapt_steps=2.5", "an integer >= 0"]),
     (["strategy=finetune", "epochs=-1"], ["strategy.epochs=-1", "an integer >= 0"]),
     (["strategy=finetune", "lr_scale=0"], ["strategy.lr_scale=0", "a number > 0"]),
+    (["strategy=fedrod", "strategy.generic_loss=focal"], ["strategy.generic_loss='focal'",
+                                                           "one of balanced, criterion"]),
     (["strategy._target_=nope.Missing"], ["strategy._target_='nope.Missing'", "an importable Strategy"]),
     (["data.classes=[N,S]"], ["data.aami=", "one symbol list for each class in data.classes ['N', 'S']",
                               "not in data.classes: ['V', 'F', 'Q']"]),

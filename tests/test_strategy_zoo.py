@@ -190,31 +190,34 @@ def test_apfl_steps_the_global_copy_the_personal_model_and_the_mixing_weight():
     _close(personal, {n: a * v[n] + (1 - a) * _np(w0)[n] for n in w})
 
 
-def _fedrod_by_hand(p, x, y, generic_loss):
-    """STEPS full-batch SGD steps of FedRoD on Net: the shared net on balanced softmax (log class
-    counts added to the logits) or plain CE, the personal head (zero at the start) on CE of the
-    detached generic logits plus its own."""
+def _fedrod_by_hand(p, x, y, generic_loss, personal_steps=0):
+    """FedRoD on Net by full-batch SGD: `personal_steps` of the personal head alone (zero at the
+    start), then STEPS joint steps: the shared net on balanced softmax (log class counts added
+    to the logits) or plain CE, the personal head on CE of the detached generic logits plus its own."""
     log_counts = np.log(np.bincount(y, minlength=2).astype(float)) if generic_loss == "balanced" else 0.0
     ph = {"weight": np.zeros((2, 4)), "bias": np.zeros(2)}
-    for _ in range(STEPS):
+    for step in range(personal_steps + STEPS):
         h = x @ p["body.weight"].T + p["body.bias"]
         logits = h @ p["head.weight"].T + p["head.bias"]
         g = _grad(p, x, y, offset=log_counts)
         r = _softmax(logits + h @ ph["weight"].T + ph["bias"])
         r[np.arange(len(y)), y] -= 1
         r /= len(y)
-        p = {k: p[k] - LR * g[k] for k in p}
+        if step >= personal_steps:
+            p = {k: p[k] - LR * g[k] for k in p}
         ph = {"weight": ph["weight"] - LR * r.T @ h, "bias": ph["bias"] - LR * r.sum(0)}
     return p, ph
 
 
-@pytest.mark.parametrize("generic_loss", ["balanced", "criterion"])
-def test_fedrod_trains_the_shared_net_on_balanced_softmax_and_a_personal_head_on_the_sum(generic_loss):
-    strategy, model, w0 = _setup("fedrod", generic_loss=generic_loss)
+@pytest.mark.parametrize("generic_loss, personal_epochs", [("balanced", 0), ("criterion", 0), ("balanced", 2)])
+def test_fedrod_trains_the_shared_net_on_balanced_softmax_and_a_personal_head_on_the_sum(generic_loss,
+                                                                                       personal_epochs):
+    strategy, model, w0 = _setup("fedrod", generic_loss=generic_loss, personal_epochs=personal_epochs)
     c = _client(3, n=9)
     x, y = c.train.x.numpy(), c.train.y.numpy()
     assert 0 < y.sum() < len(y)  # both classes, unequal counts: the offset matters
-    p, ph = _fedrod_by_hand(_np(w0), x, y, generic_loss)
+    # One full batch per epoch: personal_epochs personal-head steps first.
+    p, ph = _fedrod_by_hand(_np(w0), x, y, generic_loss, personal_steps=personal_epochs)
     update = strategy.local_update(model, c, {}, rnd=1)
     _close(_np(update.weights), p)  # the whole shared net is sent
     _close(_np(update.state["personal"]), ph)
@@ -252,6 +255,14 @@ def test_fedrod_gives_a_class_the_client_lacks_no_generic_gradient():
         ph = {"weight": ph["weight"] - LR * r.T @ h, "bias": ph["bias"] - LR * r.sum(0)}
     _close(_np(update.state["personal"]), ph)
     assert ph["bias"][1] < 0 < ph["bias"][0]
+
+
+def test_fedrod_names_a_head_the_model_lacks():
+    from pfl.errors import ConfigError
+
+    strategy, _, _ = _setup("fedrod", head="classifier.")
+    with pytest.raises(ConfigError, match=r"strategy.head='classifier.'.*a submodule of the model: body., head."):
+        strategy.check_client(_client(1))
 
 
 @pytest.mark.parametrize("name, local", [("fedper", "head."), ("fedrep", "head."), ("lgfedavg", "body.")])

@@ -71,9 +71,10 @@ class FedRoD(Strategy):
     paper = "Chen and Chao, ICLR 2022"
     keeps_client_state = True
 
-    def __init__(self, head: str = "head.", generic_loss: str = "balanced"):
+    def __init__(self, head: str = "head.", generic_loss: str = "balanced", personal_epochs: int = 0):
         self.head = str(head).rstrip(".")
         self.generic_loss = v.choice("strategy.generic_loss", generic_loss, GENERIC_LOSSES)
+        self.personal_epochs = v.integer("strategy.personal_epochs", personal_epochs, minimum=0)
 
     def check_client(self, client: Client) -> None:
         if self.ctx.model_factory is None or getattr(self, "_checked", False):
@@ -98,6 +99,15 @@ class FedRoD(Strategy):
         pair = self._pair(model, state)
         crit = self.ctx.criterion
         log_counts: torch.Tensor | None = None
+        if self.personal_epochs:
+            # As FedRep's head epochs: the personal head alone first, on the features of the
+            # body the client received (the paper has none; a zero head learns slowly without).
+            def own(m: TwoHeads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                logits, z = m.split(x)
+                return crit(logits.detach() + m.personal(z.detach()), y)
+
+            self.ctx.fit(pair, client, rnd, "personal", epochs=self.personal_epochs, loss=own,
+                         params=lambda n: n.startswith("personal."))
 
         def loss(m: TwoHeads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             nonlocal log_counts
