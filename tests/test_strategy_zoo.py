@@ -265,6 +265,20 @@ def test_fedrod_names_a_head_the_model_lacks():
         strategy.check_client(_client(1))
 
 
+def test_fedrod_refuses_a_head_the_model_calls_twice():
+    from pfl.errors import ConfigError
+
+    class Twice(Net):
+        def forward(self, x):
+            return self.head(self.body(x)) + self.head(self.body(x))
+
+    strategy = build_strategy({"name": "fedrod"})
+    strategy.bind(Context(trainer=ClientTrainer(), optimizer=functools.partial(torch.optim.SGD, lr=LR), lr=LR,
+                          batch_size=64, local_epochs=1, seed=0, model_factory=Twice))
+    with pytest.raises(ConfigError, match=r"strategy.head='head.'.*calls it 2 times"):
+        strategy.check_client(_client(1))
+
+
 @pytest.mark.parametrize("name, local", [("fedper", "head."), ("fedrep", "head."), ("lgfedavg", "body.")])
 def test_split_strategies_send_and_average_only_the_shared_part(name, local):
     strategy, model, w0 = _setup(name)

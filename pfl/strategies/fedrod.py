@@ -42,8 +42,8 @@ class TwoHeads(nn.Module):
         finally:
             hook.remove()
         if len(seen) != 1:
-            raise RuntimeError(f"fedrod: the model called its head {self.head!r} {len(seen)} times per forward; "
-                               "it must call it once")
+            raise ConfigError("strategy.head", f"{self.head}.", "a head the model calls once per forward "
+                              f"(this model calls it {len(seen)} times)")
         return logits, seen[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,8 @@ class FedRoD(Strategy):
         self.personal_epochs = v.integer("strategy.personal_epochs", personal_epochs, minimum=0)
 
     def check_client(self, client: Client) -> None:
-        if self.ctx.model_factory is None or getattr(self, "_checked", False):
+        """Before round 1 (and any MLflow run): the head exists and the model calls it once."""
+        if self.ctx.model_factory is None or getattr(self, "_checked", False) or not len(client.train):
             return
         self._checked = True
         model = self.ctx.model_factory()
@@ -87,6 +88,9 @@ class FedRoD(Strategy):
             names = sorted({n.split(".")[0] for n, _ in model.named_children()})
             raise ConfigError("strategy.head", f"{self.head}.", "a submodule of the model: "
                               + ", ".join(f"{n}." for n in names)) from None
+        pair = TwoHeads(model.eval(), self.head, personal_head(model, self.head))
+        with torch.no_grad():
+            pair.split(client.train.x[:1])
 
     def _pair(self, model: nn.Module, state: dict[str, Any]) -> TwoHeads:
         personal = personal_head(model, self.head)
