@@ -91,6 +91,8 @@ CONFIG_ROWS = [
     (["strategy=finetune", "lr_scale=0"], ["strategy.lr_scale=0", "a number > 0"]),
     (["strategy=fedrod", "strategy.generic_loss=focal"], ["strategy.generic_loss='focal'",
                                                            "one of balanced, criterion"]),
+    (["strategy=fedrod", "strategy.personal_classes=some"], ["strategy.personal_classes='some'",
+                                                              "one of all, seen"]),
     (["strategy._target_=nope.Missing"], ["strategy._target_='nope.Missing'", "an importable Strategy"]),
     (["data.classes=[N,S]"], ["data.aami=", "one symbol list for each class in data.classes ['N', 'S']",
                               "not in data.classes: ['V', 'F', 'Q']"]),

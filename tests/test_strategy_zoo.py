@@ -190,17 +190,22 @@ def test_apfl_steps_the_global_copy_the_personal_model_and_the_mixing_weight():
     _close(personal, {n: a * v[n] + (1 - a) * _np(w0)[n] for n in w})
 
 
-def _fedrod_by_hand(p, x, y, generic_loss, personal_steps=0):
-    """FedRoD on Net by full-batch SGD: `personal_steps` of the personal head alone (zero at the
-    start), then STEPS joint steps: the shared net on balanced softmax (log class counts added
-    to the logits) or plain CE, the personal head on CE of the detached generic logits plus its own."""
-    log_counts = np.log(np.bincount(y, minlength=2).astype(float)) if generic_loss == "balanced" else 0.0
-    ph = {"weight": np.zeros((2, 4)), "bias": np.zeros(2)}
+def _fedrod_by_hand(p, x, y, generic_loss, personal_steps=0, seen=False):
+    """FedRoD on a linear body and head by full-batch SGD: `personal_steps` of the personal head
+    alone (zero at the start), then STEPS joint steps: the shared net on balanced softmax (log
+    class counts added to the logits) or plain CE, the personal head on CE of the detached
+    generic logits plus its own (with `seen`, over the classes the client has only)."""
+    k = p["head.bias"].shape[0]
+    counts = np.bincount(y, minlength=k)
+    with np.errstate(divide="ignore"):
+        log_counts = np.log(counts.astype(float)) if generic_loss == "balanced" else 0.0
+    mask = np.where(counts > 0, 0.0, -np.inf) if seen else 0.0
+    ph = {"weight": np.zeros((k, p["head.weight"].shape[1])), "bias": np.zeros(k)}
     for step in range(personal_steps + STEPS):
         h = x @ p["body.weight"].T + p["body.bias"]
         logits = h @ p["head.weight"].T + p["head.bias"]
         g = _grad(p, x, y, offset=log_counts)
-        r = _softmax(logits + h @ ph["weight"].T + ph["bias"])
+        r = _softmax(logits + h @ ph["weight"].T + ph["bias"] + mask)
         r[np.arange(len(y)), y] -= 1
         r /= len(y)
         if step >= personal_steps:
@@ -229,6 +234,41 @@ def test_fedrod_trains_the_shared_net_on_balanced_softmax_and_a_personal_head_on
     expected = h @ g["head.weight"].T + g["head.bias"] + h @ ph["weight"].T + ph["bias"]
     with torch.no_grad():
         np.testing.assert_allclose(personal(c.train.x).numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+class Net3(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_fedrod_seen_trains_the_personal_head_among_the_classes_the_client_has():
+    torch.manual_seed(0)
+    strategy = build_strategy({"name": "fedrod", "personal_classes": "seen", "personal_epochs": 1})
+    strategy.bind(Context(trainer=ClientTrainer(), optimizer=functools.partial(torch.optim.SGD, lr=LR), lr=LR,
+                          batch_size=64, local_epochs=1, seed=0, local_steps=STEPS, model_factory=Net3))
+    model = Net3()
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    c = _client(5, n=9)  # classes 0 and 1 of three: class 2 never seen
+    x, y = c.train.x.numpy(), c.train.y.numpy()
+    assert 0 < y.sum() < len(y)
+    p, ph = _fedrod_by_hand(_np(w0), x, y, "balanced", personal_steps=1, seen=True)
+    update = strategy.local_update(model, c, {}, rnd=1)
+    _close(_np(update.weights), p)
+    _close(_np(update.state["personal"]), ph)
+    # The unseen class's personal logit is exactly 0: the generic head alone decides it...
+    assert not update.state["personal"]["weight"][2].any() and update.state["personal"]["bias"][2] == 0
+    assert ph["weight"][:2].any()  # ...while the seen classes' rows did learn
+    model.load_state_dict(w0)
+    with torch.no_grad():
+        personal = strategy.personal_model(model, c, update.state, rnd=1)(c.train.x)
+        generic = Net3().requires_grad_(False)
+        generic.load_state_dict(w0)
+        np.testing.assert_array_equal(personal[:, 2].numpy(), generic(c.train.x)[:, 2].numpy())
 
 
 def test_fedrod_gives_a_class_the_client_lacks_no_generic_gradient():

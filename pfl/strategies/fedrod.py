@@ -24,6 +24,7 @@ from pfl.errors import ConfigError
 from pfl.strategies.base import Strategy, Weights, snapshot
 
 GENERIC_LOSSES = ("balanced", "criterion")
+PERSONAL_CLASSES = ("all", "seen")
 
 
 class TwoHeads(nn.Module):
@@ -71,9 +72,11 @@ class FedRoD(Strategy):
     paper = "Chen and Chao, ICLR 2022"
     keeps_client_state = True
 
-    def __init__(self, head: str = "head.", generic_loss: str = "balanced", personal_epochs: int = 0):
+    def __init__(self, head: str = "head.", generic_loss: str = "balanced", personal_epochs: int = 0,
+                 personal_classes: str = "all"):
         self.head = str(head).rstrip(".")
         self.generic_loss = v.choice("strategy.generic_loss", generic_loss, GENERIC_LOSSES)
+        self.personal_classes = v.choice("strategy.personal_classes", personal_classes, PERSONAL_CLASSES)
         self.personal_epochs = v.integer("strategy.personal_epochs", personal_epochs, minimum=0)
 
     def check_client(self, client: Client) -> None:
@@ -102,30 +105,37 @@ class FedRoD(Strategy):
               anchor: Weights) -> dict[str, float]:
         pair = self._pair(model, state)
         crit = self.ctx.criterion
-        log_counts: torch.Tensor | None = None
+        prior: dict[str, torch.Tensor] = {}
+
+        def log_counts(like: torch.Tensor) -> torch.Tensor:
+            """log of the client's class counts; log 0 = -inf gives a class it lacks probability 0."""
+            if "log" not in prior:
+                counts = torch.bincount(client.train.y, minlength=like.shape[1]).to(like.device)
+                # float32 at least: bf16 (trainer=fast) rounds log(3000) to within 0.03
+                prior["log"] = counts.to(torch.promote_types(like.dtype, torch.float32)).log()
+            return prior["log"]
+
+        def own(m: TwoHeads, logits: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = logits.detach() + m.personal(z.detach())
+            if self.personal_classes == "seen":
+                # 0 for a class the client has, -inf for one it lacks: that class's personal logit
+                # gets no gradient and stays 0 (the last layer starts at zero), so the generic
+                # head alone decides it.
+                out = out + log_counts(out).clamp(max=0.0)
+            return crit(out, y)
+
         if self.personal_epochs:
             # As FedRep's head epochs: the personal head alone first, on the features of the
             # body the client received (the paper has none; a zero head learns slowly without).
-            def own(m: TwoHeads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                logits, z = m.split(x)
-                return crit(logits.detach() + m.personal(z.detach()), y)
-
-            self.ctx.fit(pair, client, rnd, "personal", epochs=self.personal_epochs, loss=own,
-                         params=lambda n: n.startswith("personal."))
+            self.ctx.fit(pair, client, rnd, "personal", epochs=self.personal_epochs,
+                         loss=lambda m, x, y: own(m, *m.split(x), y), params=lambda n: n.startswith("personal."))
 
         def loss(m: TwoHeads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            nonlocal log_counts
             logits, z = m.split(x)
-            if self.generic_loss == "balanced":
-                if log_counts is None:  # log 0 = -inf: a class the client lacks gets probability 0
-                    counts = torch.bincount(client.train.y, minlength=logits.shape[1]).to(logits.device)
-                    # float32 at least: bf16 (trainer=fast) rounds log(3000) to within 0.03
-                    log_counts = counts.to(torch.promote_types(logits.dtype, torch.float32)).log()
-                generic = F.cross_entropy(logits + log_counts, y)
-            else:
-                generic = crit(logits, y)
+            generic = F.cross_entropy(logits + log_counts(logits), y) if self.generic_loss == "balanced" \
+                else crit(logits, y)
             # Disjoint parameters: one optimizer over both heads steps each on its own loss.
-            return generic + crit(logits.detach() + m.personal(z.detach()), y)
+            return generic + own(m, logits, z, y)
 
         module = self.ctx.fit(pair, client, rnd, "local", loss=loss, **self.ctx.work)
         state["personal"] = snapshot(pair.personal)
