@@ -45,10 +45,10 @@ def _grad(p, x, y, offset=0.0):
 
 
 class Net(nn.Module):
-    def __init__(self):
+    def __init__(self, classes: int = 2):
         super().__init__()
         self.body = nn.Linear(3, 4)
-        self.head = nn.Linear(4, 2)
+        self.head = nn.Linear(4, classes)
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -236,22 +236,13 @@ def test_fedrod_trains_the_shared_net_on_balanced_softmax_and_a_personal_head_on
         np.testing.assert_allclose(personal(c.train.x).numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
-class Net3(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Linear(3, 4)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
 def test_fedrod_seen_trains_the_personal_head_among_the_classes_the_client_has():
     torch.manual_seed(0)
     strategy = build_strategy({"name": "fedrod", "personal_classes": "seen", "personal_epochs": 1})
     strategy.bind(Context(trainer=ClientTrainer(), optimizer=functools.partial(torch.optim.SGD, lr=LR), lr=LR,
-                          batch_size=64, local_epochs=1, seed=0, local_steps=STEPS, model_factory=Net3))
-    model = Net3()
+                          batch_size=64, local_epochs=1, seed=0, local_steps=STEPS,
+                          model_factory=functools.partial(Net, 3)))
+    model = Net(3)
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
     c = _client(5, n=9)  # classes 0 and 1 of three: class 2 never seen
     x, y = c.train.x.numpy(), c.train.y.numpy()
@@ -266,7 +257,7 @@ def test_fedrod_seen_trains_the_personal_head_among_the_classes_the_client_has()
     model.load_state_dict(w0)
     with torch.no_grad():
         personal = strategy.personal_model(model, c, update.state, rnd=1)(c.train.x)
-        generic = Net3().requires_grad_(False)
+        generic = Net(3).requires_grad_(False)
         generic.load_state_dict(w0)
         np.testing.assert_array_equal(personal[:, 2].numpy(), generic(c.train.x)[:, 2].numpy())
 
