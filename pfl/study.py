@@ -158,11 +158,23 @@ def load_grid(name: str, extra: list[str] | None = None) -> Grid:
 _SPACE = re.compile(r"^\s*(?:tag\(\s*(log)\s*,\s*)?(interval|range)\(\s*([-\d.eE+]+)\s*,\s*([-\d.eE+]+)\s*\)\s*\)?\s*$")
 
 
-def parse_space(expr: str) -> tuple[str, float, float, bool]:
-    """`tag(log, interval(a, b))`, `interval(a, b)`, `range(a, b)` -> (kind, low, high, log)."""
+_CHOICE = re.compile(r"^\s*choice\((.*)\)\s*$")
+SPACES = "interval(a, b), tag(log, interval(a, b)), range(a, b) or choice(a, b, ...)"
+
+
+def parse_space(expr: str) -> tuple[str, Any, Any, bool]:
+    """`tag(log, interval(a, b))`, `interval(a, b)`, `range(a, b)` -> (kind, low, high, log);
+    `choice(a, b, ...)` (Hydra's categorical) -> ("choice", [a, b, ...], None, False)."""
+    c = _CHOICE.match(str(expr))
+    if c:
+        import yaml
+
+        values = [yaml.safe_load(v.strip()) for v in c.group(1).split(",") if v.strip()]
+        if values:
+            return "choice", values, None, False
     m = _SPACE.match(str(expr))
     if not m:
-        raise ConfigError("strategy.search", expr, "interval(a, b), tag(log, interval(a, b)) or range(a, b)")
+        raise ConfigError("strategy.search", expr, SPACES)
     log, kind, lo, hi = m.groups()
     return kind, float(lo), float(hi), bool(log)
 
@@ -177,7 +189,9 @@ def sample_trials(space: dict[str, str], budget: int, name: str) -> list[dict[st
         point: dict[str, Any] = {}
         for key, expr in space.items():
             kind, lo, hi, log = parse_space(expr)
-            if kind == "range":  # Hydra's range: integers lo, lo+1, ..., hi-1
+            if kind == "choice":
+                point[key] = lo[int(rng.integers(len(lo)))]
+            elif kind == "range":  # Hydra's range: integers lo, lo+1, ..., hi-1
                 point[key] = int(rng.integers(int(lo), int(hi)))
             elif log:
                 point[key] = float(f"{math.exp(rng.uniform(math.log(lo), math.log(hi))):.4g}")

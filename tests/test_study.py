@@ -40,8 +40,20 @@ def test_trials_start_at_the_defaults_and_stay_in_the_space():
     assert trials != study.sample_trials(space, 6, "pfedme")
     for t in trials[1:]:
         assert 0.01 <= t["strategy.lam"] <= 2.0 and t["strategy.epochs"] in (1, 2, 3) and 0 <= t["strategy.alpha"] <= 1
-    with pytest.raises(ConfigError, match="strategy.search.*choice"):
-        study.parse_space("choice(1, 2)")
+    with pytest.raises(ConfigError, match=r"strategy.search='normal\(0, 1\)'.*or choice\(a, b, ...\)"):
+        study.parse_space("normal(0, 1)")
+    with pytest.raises(ConfigError, match="strategy.search='choice\(\)'"):
+        study.parse_space("choice()")
+
+
+def test_categorical_trials_draw_from_the_choices():
+    space = {"strategy.generic_loss": "choice(balanced, criterion)", "strategy.personal_epochs": "choice(0, 5)"}
+    trials = study.sample_trials(space, 12, "fedrod")
+    assert trials[0] == {}
+    losses = [t["strategy.generic_loss"] for t in trials[1:]]
+    epochs = [t["strategy.personal_epochs"] for t in trials[1:]]
+    assert set(losses) == {"balanced", "criterion"} and set(epochs) == {0, 5}  # both drawn, numbers as numbers
+    assert trials == study.sample_trials(space, 12, "fedrod")
 
 
 def test_a_bad_grid_names_the_value_and_what_is_allowed(tmp_path):

@@ -88,6 +88,18 @@ def test_parallel_joblib_jobs_share_one_sqlite_store_and_lose_nothing(synthetic_
     assert "2 finished runs in 2 arms" in md
 
 
+def test_tune_draws_a_strategys_categorical_search_space(synthetic_db, tmp_path):
+    """FedRoD's `search:` is choices only: Optuna draws them (sampler seed 0) and every trial
+    runs with the drawn values (the defaults are balanced, 0, all)."""
+    _pfl(synthetic_db, tmp_path, "hparams_search=tune", "strategy=fedrod", "hydra.sweeper.n_trials=3")
+    _, runs = _runs(tmp_path, "tune_fedrod")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    drawn = [(r.data.params["strategy.generic_loss"], r.data.params["strategy.personal_epochs"],
+              r.data.params["strategy.personal_classes"]) for r in runs]
+    assert all(g in ("balanced", "criterion") and e in ("0", "5") and c in ("all", "seen") for g, e, c in drawn)
+    assert any(d != ("balanced", "0", "all") for d in drawn), drawn
+
+
 def test_optuna_search_tunes_alpha_and_beta_on_validation(synthetic_db, tmp_path):
     _pfl(synthetic_db, tmp_path, "hparams_search=perfedavg_optuna", "hydra.sweeper.n_trials=2", "study=search")
     client, runs = _runs(tmp_path, "search")
