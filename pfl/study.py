@@ -167,8 +167,6 @@ def parse_space(expr: str) -> tuple[str, Any, Any, bool]:
     `choice(a, b, ...)` (Hydra's categorical) -> ("choice", [a, b, ...], None, False)."""
     c = _CHOICE.match(str(expr))
     if c:
-        import yaml
-
         values = [yaml.safe_load(v.strip()) for v in c.group(1).split(",") if v.strip()]
         if values:
             return "choice", values, None, False

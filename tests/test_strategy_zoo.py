@@ -64,14 +64,14 @@ def _client(seed: int, n: int = 6) -> Client:
     return Client(f"c{seed}", Split(x, y), Split(x[:2], y[:2]), Split(x[:2], y[:2]))
 
 
-def _setup(name: str, n_clients: int = 2, **hparams):
+def _setup(name: str, n_clients: int = 2, factory=Net, **hparams):
     torch.manual_seed(0)
     strategy = build_strategy({"name": name, **hparams})
     # Full-batch SGD: every step sees the whole (6-beat) split, so the order of beats is moot.
     strategy.bind(Context(trainer=ClientTrainer(), optimizer=functools.partial(torch.optim.SGD, lr=LR), lr=LR,
-                          batch_size=64, local_epochs=1, seed=0, local_steps=STEPS, model_factory=Net,
+                          batch_size=64, local_epochs=1, seed=0, local_steps=STEPS, model_factory=factory,
                           n_clients=n_clients))
-    model = Net()
+    model = factory()
     return strategy, model, {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -237,13 +237,8 @@ def test_fedrod_trains_the_shared_net_on_balanced_softmax_and_a_personal_head_on
 
 
 def test_fedrod_seen_trains_the_personal_head_among_the_classes_the_client_has():
-    torch.manual_seed(0)
-    strategy = build_strategy({"name": "fedrod", "personal_classes": "seen", "personal_epochs": 1})
-    strategy.bind(Context(trainer=ClientTrainer(), optimizer=functools.partial(torch.optim.SGD, lr=LR), lr=LR,
-                          batch_size=64, local_epochs=1, seed=0, local_steps=STEPS,
-                          model_factory=functools.partial(Net, 3)))
-    model = Net(3)
-    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    strategy, model, w0 = _setup("fedrod", factory=functools.partial(Net, 3), personal_classes="seen",
+                                 personal_epochs=1)
     c = _client(5, n=9)  # classes 0 and 1 of three: class 2 never seen
     x, y = c.train.x.numpy(), c.train.y.numpy()
     assert 0 < y.sum() < len(y)
@@ -303,9 +298,7 @@ def test_fedrod_refuses_a_head_the_model_calls_twice():
         def forward(self, x):
             return self.head(self.body(x)) + self.head(self.body(x))
 
-    strategy = build_strategy({"name": "fedrod"})
-    strategy.bind(Context(trainer=ClientTrainer(), optimizer=functools.partial(torch.optim.SGD, lr=LR), lr=LR,
-                          batch_size=64, local_epochs=1, seed=0, model_factory=Twice))
+    strategy, _, _ = _setup("fedrod", factory=Twice)
     with pytest.raises(ConfigError, match=r"strategy.head='head.'.*calls it 2 times"):
         strategy.check_client(_client(1))
 

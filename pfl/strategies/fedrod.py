@@ -78,10 +78,11 @@ class FedRoD(Strategy):
         self.generic_loss = v.choice("strategy.generic_loss", generic_loss, GENERIC_LOSSES)
         self.personal_classes = v.choice("strategy.personal_classes", personal_classes, PERSONAL_CLASSES)
         self.personal_epochs = v.integer("strategy.personal_epochs", personal_epochs, minimum=0)
+        self._checked = False  # the head is checked on the first client only
 
     def check_client(self, client: Client) -> None:
         """Before round 1 (and any MLflow run): the head exists and the model calls it once."""
-        if self.ctx.model_factory is None or getattr(self, "_checked", False) or not len(client.train):
+        if self.ctx.model_factory is None or self._checked or not len(client.train):
             return
         self._checked = True
         model = self.ctx.model_factory()
