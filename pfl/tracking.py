@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pfl import export_cache
 from pfl.background import InOrder
 from pfl.config import flatten
 from pfl.errors import PflError
@@ -396,6 +397,13 @@ class MlflowTracker(Callback):
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
         signature, requirements = infer_signature(example, logits), _requirements()
+        fmt = str(self.cfg.logger.get("model_format", "pt2"))
+        program = None
+        if fmt == "pt2":
+            cache = (Path(str(self.cfg.paths.cache_dir)) / "export"
+                     if self.cfg.logger.get("export_cache", True) and self.cfg.get("paths") else None)
+            program, hit = export_cache.exported(model, torch.from_numpy(example), cache)
+            log.debug("model export %s", "from the cache" if hit else "traced")
         # The logged model is created here, linked to the run, and handed to log_model with no
         # run active: given the run, MLflow 3's log_model reads the whole history of every metric
         # the run has (one query per key) to copy step 0's onto the model, 0.24 s for the 186 keys
@@ -408,10 +416,10 @@ class MlflowTracker(Callback):
             try:
                 # In a thread of its own: MLflow's active run is per thread, and log_model would
                 # take a caller's own (pfl.run.train inside mlflow.start_run) as the model's run.
-                _in_thread(mlflow.pytorch.log_model, model, name="model", model_id=logged.model_id,
-                           signature=signature, input_example=example, metadata=metadata,
-                           serialization_format=str(self.cfg.logger.get("model_format", "pt2")),
-                           pip_requirements=requirements)
+                with export_cache.reusing(model, program) if program is not None else contextlib.nullcontext():
+                    _in_thread(mlflow.pytorch.log_model, model, name="model", model_id=logged.model_id,
+                               signature=signature, input_example=example, metadata=metadata,
+                               serialization_format=fmt, pip_requirements=requirements)
             finally:
                 mlflow.set_tracking_uri(previous)
             # The run's output, at the round that produced it (what log_model records for a run).

@@ -1,0 +1,145 @@
+"""torch.export of the run's final model for MLflow's pt2 format, traced once per architecture.
+
+Tracing the CNN-LSTM with torch.export takes about 0.85 s of CPU at the end of every run (a
+fifth of a 2-round reference run; BENCHMARKS.md section 1), yet the traced program depends only
+on the model's code, its configuration and the input's shape, not on the trained weights. So the
+program is kept under `paths.cache_dir/export`, keyed by those, and a later run of the same
+architecture loads it (about 0.06 s), copies its own weights in and, before MLflow saves it,
+checks the program's logits against the model's own on the example input. A mismatch (a model
+whose code changed in a way the key does not see) or an unreadable entry traces afresh and
+replaces the entry, so a stale entry costs time, never a wrong model.
+
+MLflow's pt2 writer traces the module it is given with `torch.export.export`; `reusing` hands
+it the cached program for that one module during that one call (tests/test_export_cache.py
+fails if MLflow stops tracing through that function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_TORCH_DIR = Path(torch.__file__).resolve().parent
+
+
+def _dynamic_shapes() -> list[dict]:
+    """What MLflow's pt2 writer passes for a signature whose batch axis is -1."""
+    from torch.export import Dim
+
+    return [{0: Dim.AUTO}]
+
+
+def _sources(model: nn.Module) -> dict[str, str]:
+    """SHA-256 of the source file of every module class in the model that is not torch's own
+    (torch's are covered by its version)."""
+    out: dict[str, str] = {}
+    for m in model.modules():
+        try:
+            path = Path(inspect.getsourcefile(type(m)) or "").resolve()
+        except (TypeError, OSError):
+            continue
+        if not path.is_file() or _TORCH_DIR in path.parents or str(path) in out:
+            continue
+        out[str(path.name) + ":" + type(m).__qualname__] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dict(sorted(out.items()))
+
+
+def key(model: nn.Module, example: torch.Tensor) -> str:
+    """The cache key: torch's version, the model's classes, their source, its repr (layer
+    settings), its state dict's names, shapes and dtypes, and the example's shape and dtype."""
+    desc = {
+        "torch": torch.__version__,
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "sources": _sources(model),
+        "repr": repr(model),
+        "state": [(k, list(v.shape), str(v.dtype)) for k, v in model.state_dict().items()],
+        "example": [list(example.shape), str(example.dtype)],
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _fresh(model: nn.Module, example: torch.Tensor):
+    return torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes())
+
+
+def _with_weights(program, model: nn.Module, example: torch.Tensor) -> bool:
+    """Copy the model's parameters and buffers into the program; True if its logits then equal
+    the model's on the example."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in program.state_dict.items():
+            if name not in state or state[name].shape != tensor.shape:
+                return False
+            tensor.copy_(state[name])
+        got = program.module()(example)
+        want = model(example)
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _save(program, path: Path) -> None:
+    """Written under a temporary name and renamed: a run killed mid-write leaves no entry."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.pt2", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.export.save(program, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:  # a read-only cache costs time on the next run, not this run
+        log.warning("model export not cached in %s: %s", path.parent, e)
+
+
+def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | None):
+    """(program, hit): the model's torch.export program with the model's current weights, from
+    the cache where a valid entry exists (hit=True), else traced now and stored."""
+    model.eval()
+    if cache_dir is None:
+        return _fresh(model, example), False
+    path = Path(cache_dir) / f"{key(model, example)}.pt2"
+    if path.is_file():
+        try:
+            program = torch.export.load(str(path))
+            if _with_weights(program, model, example):
+                return program, True
+            log.warning("cached model export %s does not reproduce the model; tracing afresh", path)
+        except Exception as e:  # noqa: BLE001 - any unreadable entry is traced afresh
+            log.warning("cached model export %s unreadable (%s); tracing afresh", path, e)
+    program = _fresh(model, example)
+    _save(program, path)
+    return program, False
+
+
+@contextlib.contextmanager
+def reusing(model: nn.Module, program) -> Iterator[list[int]]:
+    """Within the block, `torch.export.export(model, ...)` returns `program` instead of
+    tracing `model` again; any other module is traced as usual. Yields a one-element list
+    counting the calls answered from `program`."""
+    original = torch.export.export
+    answered = [0]
+
+    def export(mod, *args, **kwargs):
+        if mod is model:
+            answered[0] += 1
+            return program
+        return original(mod, *args, **kwargs)
+
+    torch.export.export = export
+    try:
+        yield answered
+    finally:
+        torch.export.export = original

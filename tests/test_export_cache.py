@@ -1,0 +1,181 @@
+"""The pt2 model's torch.export program, traced once per architecture (pfl/export_cache.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import pytest
+import torch
+from compose import make_cfg
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from pfl import export_cache
+from pfl.models import SmallCNN
+
+
+class _Act(nn.Module):
+    """Same parameters whatever `tanh` says, different logits: a code change the state dict
+    does not see."""
+
+    def __init__(self, tanh: bool):
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        self.tanh = tanh
+
+    def forward(self, x):
+        h = self.lin(x.flatten(1))
+        return torch.tanh(h) if self.tanh else torch.relu(h)
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts the tracings torch.export.export really does (not those answered by `reusing`)."""
+    calls: list[nn.Module] = []
+    original = torch.export.export
+
+    def counting(mod, *args, **kwargs):
+        calls.append(mod)
+        return original(mod, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", counting)
+    return calls
+
+
+def _cnn(seed: int, channels: int = 4) -> SmallCNN:
+    torch.manual_seed(seed)
+    return SmallCNN(window=64, channels=channels).eval()
+
+
+def _logits(program, x):
+    with torch.no_grad():
+        return program.module()(x)
+
+
+def test_a_second_model_of_one_architecture_loads_the_program_with_its_own_weights(tmp_path, traces):
+    example = torch.zeros(2, 1, 64)
+    first, hit = export_cache.exported(_cnn(0), example, tmp_path)
+    assert (hit, len(traces)) == (False, 1)
+    assert len(list(tmp_path.glob("*.pt2"))) == 1
+    other = _cnn(1)
+    program, hit = export_cache.exported(other, example, tmp_path)
+    assert (hit, len(traces)) == (True, 1)  # no second tracing
+    # Oracle: the model's own eager forward, on a batch size the example did not have.
+    x = torch.randn(5, 1, 64)
+    with torch.no_grad():
+        want = other(x)
+    assert not torch.allclose(want, _cnn(0)(x))  # the two models differ
+    torch.testing.assert_close(_logits(program, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_another_configuration_is_traced_and_stored_apart(tmp_path, traces):
+    example = torch.zeros(2, 1, 64)
+    export_cache.exported(_cnn(0, channels=4), example, tmp_path)
+    program, hit = export_cache.exported(_cnn(0, channels=8), example, tmp_path)
+    assert (hit, len(traces)) == (False, 2)
+    assert len(list(tmp_path.glob("*.pt2"))) == 2
+    assert export_cache.key(_cnn(0, 4), example) != export_cache.key(_cnn(0, 4), torch.zeros(2, 1, 32))
+
+
+def test_an_entry_that_does_not_reproduce_the_model_is_traced_afresh_and_replaced(tmp_path, traces, monkeypatch,
+                                                                                   caplog):
+    """Two architectures under one key (as a model's code changed without its key changing): the
+    stored program's logits differ from the model's, so the model is traced again."""
+    monkeypatch.setattr(export_cache, "key", lambda model, example: "same")
+    example = torch.zeros(2, 1, 6)
+    export_cache.exported(_Act(tanh=False), example, tmp_path)
+    model = _Act(tanh=True).eval()
+    with caplog.at_level(logging.WARNING, logger="pfl.export_cache"):
+        program, hit = export_cache.exported(model, example, tmp_path)
+    assert (hit, len(traces)) == (False, 2)
+    assert "does not reproduce the model" in caplog.text
+    x = torch.randn(4, 1, 6)
+    torch.testing.assert_close(_logits(program, x), model(x).detach())
+    # The entry now holds the tanh model: a third call is answered from it.
+    assert export_cache.exported(_Act(tanh=True), example, tmp_path)[1] is True
+
+
+def test_an_unreadable_entry_is_traced_afresh(tmp_path, traces, caplog):
+    example = torch.zeros(2, 1, 64)
+    model = _cnn(0)
+    (tmp_path / f"{export_cache.key(model, example)}.pt2").write_bytes(b"not a program")
+    with caplog.at_level(logging.WARNING, logger="pfl.export_cache"):
+        _, hit = export_cache.exported(model, example, tmp_path)
+    assert (hit, len(traces)) == (False, 1) and "unreadable" in caplog.text
+    assert export_cache.exported(_cnn(2), example, tmp_path)[1] is True
+
+
+def test_without_a_cache_directory_every_call_traces(tmp_path, traces):
+    example = torch.zeros(2, 1, 64)
+    export_cache.exported(_cnn(0), example, None)
+    export_cache.exported(_cnn(0), example, None)
+    assert len(traces) == 2 and not list(tmp_path.iterdir())
+
+
+def test_reusing_answers_for_that_model_only_and_restores_the_function(tmp_path, traces):
+    model, bystander = _cnn(0), _cnn(1)
+    example = torch.zeros(2, 1, 64)
+    program, _ = export_cache.exported(model, example, None)
+    patched = torch.export.export
+    with export_cache.reusing(model, program) as answered:
+        assert torch.export.export(model, (example,)) is program
+        other = torch.export.export(bystander, (example,))
+    assert answered == [1] and other is not program and len(traces) == 2
+    assert torch.export.export is patched
+
+
+def _run(synthetic_db, tmp_path, uri: str, study: str, *extra: str):
+    from pfl.run import train
+
+    cfg = make_cfg(synthetic_db, tmp_path, "logger=mlflow", f"logger.tracking_uri={uri}", f"study={study}", *extra)
+    train(cfg)
+    return cfg
+
+
+def test_a_second_run_logs_the_cached_program_and_it_serves_its_own_weights(synthetic_db, tmp_path, traces,
+                                                                            monkeypatch):
+    """Through MLflow: the first run traces the model once (MLflow's own call answered from
+    that tracing), the second run of the same architecture traces nothing, and its logged model
+    computes its own final weights' logits. Fails if MLflow stops tracing through
+    torch.export.export (its call would not be answered)."""
+    from test_tracking import _final_model, _only_run, _serve
+
+    from pfl.run import load_federation
+    from pfl.tracking import store_uri
+
+    answered: list[list[int]] = []
+    real = export_cache.reusing
+
+    @contextlib.contextmanager
+    def recording(model, program):
+        with real(model, program) as n:
+            answered.append(n)
+            yield n
+
+    monkeypatch.setattr(export_cache, "reusing", recording)
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    _run(synthetic_db, tmp_path, uri, "first")
+    assert len(traces) == 1 and answered == [[1]]
+    assert len(list((tmp_path / "outputs" / "cache" / "export").glob("*.pt2"))) == 1
+    cfg = _run(synthetic_db, tmp_path, uri, "second", "seed=1")
+    assert len(traces) == 1 and answered == [[1], [1]]
+    client = MlflowClient(tracking_uri=store_uri(uri))
+    run = _only_run(client, "second")
+    beats = load_federation(cfg).clients[0].test.x[:3].numpy()
+    _, logits = _serve(uri, run.info.run_id, beats)
+    with torch.no_grad():
+        expected = _final_model(client, run, cfg, tmp_path / "dl")(torch.from_numpy(beats)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    first = _final_model(client, _only_run(client, "first"), cfg, tmp_path / "dl1")
+    with torch.no_grad():
+        assert not np.allclose(first(torch.from_numpy(beats)).numpy(), expected)  # seeds 0 and 1 differ
+
+
+def test_export_cache_false_traces_every_run_and_stores_nothing(synthetic_db, tmp_path, traces):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    for study in ("a", "b"):
+        _run(synthetic_db, tmp_path, uri, study, "logger.export_cache=false")
+    assert len(traces) == 2
+    assert not (tmp_path / "outputs" / "cache" / "export").exists()
