@@ -3,9 +3,10 @@
 Tracing the CNN-LSTM with torch.export takes about 0.85 s of CPU at the end of every run (a
 fifth of a 2-round reference run; BENCHMARKS.md section 1), yet the traced program depends only
 on the model's code, its configuration and the input's shape, not on the trained weights. So the
-program is kept under `paths.cache_dir/export`, keyed by those, and a later run of the same
-architecture loads it (about 0.06 s), copies its own weights in and, before MLflow saves it,
-checks the program's logits against the model's own on the example input. A mismatch (a model
+program is kept under `paths.cache_dir/export`, keyed by those (and in memory, for the next run of
+a sweep in the same process). A later run of the same architecture loads it (about 0.06 s),
+copies its own weights in and, before MLflow saves it, checks the program's logits against the
+model's own on the example input. A mismatch (a model
 whose code changed in a way the key does not see) or an unreadable entry traces afresh and
 replaces the entry, so a stale entry costs time, never a wrong model.
 
@@ -110,18 +111,37 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
     model.eval()
     if cache_dir is None:
         return _fresh(model, example), False
-    path = Path(cache_dir) / f"{key(model, example)}.pt2"
+    k = key(model, example)
+    path = Path(cache_dir) / f"{k}.pt2"
+    # The runs of a sweep share a process: the program loaded or traced by one serves the next.
+    program = _MEMORY.get(k)
+    if program is not None and _with_weights(program, model, example):
+        return program, True
     if path.is_file():
         try:
             program = torch.export.load(str(path))
             if _with_weights(program, model, example):
+                _remember(k, program)
                 return program, True
             log.warning("cached model export %s does not reproduce the model; tracing afresh", path)
         except Exception as e:  # noqa: BLE001 - any unreadable entry is traced afresh
             log.warning("cached model export %s unreadable (%s); tracing afresh", path, e)
     program = _fresh(model, example)
     _save(program, path)
+    _remember(k, program)
     return program, False
+
+
+#: programs of this process by key, the most recent last (a few MB each at most)
+_MEMORY: dict[str, object] = {}
+_MEMORY_SIZE = 4
+
+
+def _remember(k: str, program) -> None:
+    _MEMORY.pop(k, None)
+    _MEMORY[k] = program
+    while len(_MEMORY) > _MEMORY_SIZE:
+        _MEMORY.pop(next(iter(_MEMORY)))
 
 
 @contextlib.contextmanager

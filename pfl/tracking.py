@@ -339,7 +339,14 @@ class MlflowTracker(Callback):
             self.log_metrics({f"client.{r['client']}.test.personal.f1.ci_{b}": r[f"f1_personal_{b}"]
                               for r in self.artifacts.rows for b in ("lo", "hi")}, step=int(last))
             if self.cfg.logger.get("log_model", True) and self.tags.get("strategy_has_global", "true") == "true":
-                self._log_model(result.global_weights)
+                # One thread: the model sees two beats, and the figures are being drawn in a child
+                # process on another core, which a second torch thread would wait on at every op.
+                before = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    self._log_model(result.global_weights)
+                finally:
+                    torch.set_num_threads(before)
         finally:
             directory = self.artifacts.join()
         _retry(self.client.log_artifacts, self.run_id, str(directory))

@@ -41,6 +41,7 @@ def traces(monkeypatch):
         return original(mod, *args, **kwargs)
 
     monkeypatch.setattr(torch.export, "export", counting)
+    monkeypatch.setattr(export_cache, "_MEMORY", {})  # each test starts as a fresh process
     return calls
 
 
@@ -68,6 +69,18 @@ def test_a_second_model_of_one_architecture_loads_the_program_with_its_own_weigh
         want = other(x)
     assert not torch.allclose(want, _cnn(0)(x))  # the two models differ
     torch.testing.assert_close(_logits(program, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_process_loads_the_program_from_disk(tmp_path, traces, monkeypatch):
+    example = torch.zeros(2, 1, 64)
+    export_cache.exported(_cnn(0), example, tmp_path)
+    monkeypatch.setattr(export_cache, "_MEMORY", {})  # as a later process finds it
+    other = _cnn(3)
+    program, hit = export_cache.exported(other, example, tmp_path)
+    assert (hit, len(traces)) == (True, 1)
+    x = torch.randn(3, 1, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(program, x), other(x), rtol=1e-5, atol=1e-6)
 
 
 def test_another_configuration_is_traced_and_stored_apart(tmp_path, traces):
