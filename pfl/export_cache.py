@@ -75,18 +75,24 @@ def _fresh(model: nn.Module, example: torch.Tensor):
     return torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes())
 
 
+def _reproduces(program, model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether the program's logits equal the model's own on the example."""
+    with torch.no_grad():
+        got = program.module()(example)
+        want = model(example)
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def _with_weights(program, model: nn.Module, example: torch.Tensor) -> bool:
-    """Copy the model's parameters and buffers into the program; True if its logits then equal
-    the model's on the example."""
+    """Copy the model's parameters and buffers into the program; True if it then reproduces
+    the model."""
     state = model.state_dict()
     with torch.no_grad():
         for name, tensor in program.state_dict.items():
             if name not in state or state[name].shape != tensor.shape:
                 return False
             tensor.copy_(state[name])
-        got = program.module()(example)
-        want = model(example)
-    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    return _reproduces(program, model, example)
 
 
 def _save(program, path: Path) -> None:
@@ -110,7 +116,7 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
     the cache where a valid entry exists (hit=True), else traced now and stored."""
     model.eval()
     if cache_dir is None:
-        return _fresh(model, example), False
+        return _traced(model, example), False
     k = key(model, example)
     path = Path(cache_dir) / f"{k}.pt2"
     # The runs of a sweep share a process: the program loaded or traced by one serves the next.
@@ -126,10 +132,20 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
             log.warning("cached model export %s does not reproduce the model; tracing afresh", path)
         except Exception as e:  # noqa: BLE001 - any unreadable entry is traced afresh
             log.warning("cached model export %s unreadable (%s); tracing afresh", path, e)
-    program = _fresh(model, example)
+    program = _traced(model, example)
     _save(program, path)
     _remember(k, program)
     return program, False
+
+
+def _traced(model: nn.Module, example: torch.Tensor):
+    """A fresh tracing, checked as a cached one is (MLflow's own check of the saved model, which
+    loads it back at every run's end, is skipped: see pfl.tracking)."""
+    program = _fresh(model, example)
+    if not _reproduces(program, model, example):
+        log.warning("torch.export's program of %s does not reproduce the model's logits on the input example",
+                    type(model).__name__)
+    return program
 
 
 #: programs of this process by key, the most recent last (a few MB each at most)
