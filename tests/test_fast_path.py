@@ -396,6 +396,38 @@ def test_a_worker_error_stops_the_batch_the_tail_never_runs_and_fresh_workers_fo
         backend.close()
 
 
+def _tensors(self, n):
+    return {"w": torch.arange(n, dtype=torch.float32), "b": torch.ones(2)}
+
+
+def _unpicklable(self):
+    return lambda: None
+
+
+def test_tensors_cross_to_and_from_workers_by_value_and_an_unpicklable_result_is_an_error(monkeypatch):
+    """Calls and results travel as plain pickles: a tensor arrives as a copy in ordinary memory,
+    not in a shared-memory segment passed by file descriptor (the Connection's own pickler once
+    torch.multiprocessing is imported, ~30 ms a round trip); a result that cannot be pickled
+    comes back as an error naming it, and the worker keeps serving."""
+    from pfl.fl.server import Workload
+    from pfl.fl.workers import ProcessBackend, WorkerCore
+
+    monkeypatch.setattr(WorkerCore, "tensors", _tensors, raising=False)
+    monkeypatch.setattr(WorkerCore, "unpicklable", _unpicklable, raising=False)
+    backend = ProcessBackend(2, threads=1)
+    backend.bind(Workload(strategy=None, model_factory=torch.nn.Identity, clients={"a": None, "b": None},
+                          n_classes=5, eval_batch_size=8))
+    try:
+        backend.start()
+        got = list(backend._in_order([("tensors", None, (5,)), ("tensors", None, (3,))], sizes=[1, 1]))
+        assert [g["w"].tolist() for g in got] == [[0, 1, 2, 3, 4], [0, 1, 2]]
+        assert not any(t.is_shared() for g in got for t in g.values())
+        with pytest.raises(Exception, match="pickle"):
+            list(backend._in_order([("unpicklable", None, ())], sizes=[1]))
+    finally:
+        backend.close()
+
+
 @pytest.mark.parametrize("strategy", ["none", "finetune"])  # finetune: personalization trains in the tail too
 def test_spread_threads_trains_like_the_serial_run_up_to_rounding_and_reruns_alike(synthetic_db, tmp_path, strategy,
                                                                                   monkeypatch):

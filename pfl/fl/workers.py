@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -109,7 +110,6 @@ class WorkerCore:
 def _portable(exc: BaseException) -> BaseException:
     """The exception itself if it survives pickling (the run's process re-raises it), else a
     PflError (user-fixable) or RuntimeError carrying its type, message and traceback."""
-    import pickle
     import traceback
 
     try:
@@ -140,6 +140,18 @@ def thread_plan(sizes: Sequence[int], workers: int, threads: int, spread: bool,
     return order, per_call, 0
 
 
+def _send(conn, obj: Any) -> None:
+    """Pickled by the standard pickler, tensors' bytes inline: a Connection's own pickler, once
+    torch.multiprocessing is imported (Lightning imports it), moves every tensor into a new
+    shared-memory segment and passes its file descriptor through a helper thread, which cost
+    about 30 ms a round trip of the small CNN's few kilobytes (BENCHMARKS.md section 7)."""
+    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
 def _serve(conn, core: WorkerCore, threads: int) -> None:
     """A worker's loop: (method, cid, args) in, ("ok", result) or ("error", exception) out."""
     torch.set_num_threads(threads)
@@ -148,7 +160,7 @@ def _serve(conn, core: WorkerCore, threads: int) -> None:
     quiet_lightning()
     while True:
         try:
-            msg = conn.recv()
+            msg = _recv(conn)
         except EOFError:  # the run's process is gone
             return
         if msg is None:
@@ -159,13 +171,16 @@ def _serve(conn, core: WorkerCore, threads: int) -> None:
             out = ("ok", fn(*args) if cid is None else fn(core.clients[cid], *args))
         except BaseException as e:  # noqa: BLE001 - every error goes back to the run's process
             out = ("error", _portable(e))
-        conn.send(out)
+        try:
+            _send(conn, out)
+        except Exception as e:  # noqa: BLE001 - a result that does not pickle is reported, not lost
+            _send(conn, ("error", _portable(e)))
 
 
 def _stop(procs: list, conns: list) -> None:
     for c in conns:
         try:
-            c.send(None)
+            _send(c, None)
         except (OSError, BrokenPipeError):
             pass
     for p in procs:
@@ -242,7 +257,7 @@ class ProcessBackend(Backend):
             while idle and pending:
                 i = pending.popleft()
                 conn = idle.pop()
-                conn.send(calls[i])
+                _send(conn, calls[i])
                 running[conn] = i
             if tail and not pending and not running:
                 i = order[-1]
@@ -252,7 +267,7 @@ class ProcessBackend(Backend):
                 i = running.pop(conn)
                 idle.append(conn)
                 try:
-                    status, out = conn.recv()
+                    status, out = _recv(conn)
                 except EOFError:
                     self.close()
                     raise PflError(f"a worker process died while running {calls[i][0]} {calls[i][1] or ''!r} "
