@@ -5,10 +5,12 @@ fifth of a 2-round reference run; BENCHMARKS.md section 1), yet the traced progr
 on the model's code, its configuration and the input's shape, not on the trained weights. So the
 program is kept under `paths.cache_dir/export`, keyed by those (and in memory, for the next run of
 a sweep in the same process). A later run of the same architecture loads it (about 0.06 s),
-copies its own weights in and, before MLflow saves it, checks the program's logits against the
-model's own on the example input. A mismatch (a model
-whose code changed in a way the key does not see) or an unreadable entry traces afresh and
-replaces the entry, so a stale entry costs time, never a wrong model.
+copies its own weights (parameters and buffers) in and, before MLflow saves it, checks the
+program's logits against the model's own on the example input and on a seeded random batch. A
+mismatch (a model whose code changed in a way the key does not see) or an unreadable entry is
+traced afresh and replaces the entry. The check is on those inputs only: a change that shows on
+none of them (a constant the model holds outside its buffers, used only on other inputs) would
+go unseen, so `logger.export_cache=false` is the setting for models edited between runs.
 
 MLflow's pt2 writer traces the module it is given with `torch.export.export`; `reusing` hands
 it the cached program for that one module during that one call (tests/test_export_cache.py
@@ -18,12 +20,14 @@ fails if MLflow stops tracing through that function).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,14 +50,13 @@ def _sources(model: nn.Module) -> dict[str, str]:
     """SHA-256 of the source file of every module class in the model that is not torch's own
     (torch's are covered by its version)."""
     out: dict[str, str] = {}
-    for m in model.modules():
+    for cls in {type(m) for m in model.modules()}:
         try:
-            path = Path(inspect.getsourcefile(type(m)) or "").resolve()
+            path = Path(inspect.getsourcefile(cls) or "").resolve()
         except (TypeError, OSError):
             continue
-        if not path.is_file() or _TORCH_DIR in path.parents or str(path) in out:
-            continue
-        out[str(path.name) + ":" + type(m).__qualname__] = hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_file() and _TORCH_DIR not in path.parents:
+            out[f"{path.name}:{cls.__qualname__}"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return dict(sorted(out.items()))
 
 
@@ -76,39 +79,61 @@ def _fresh(model: nn.Module, example: torch.Tensor):
 
 
 def _reproduces(program, model: nn.Module, example: torch.Tensor) -> bool:
-    """Whether the program's logits equal the model's own on the example."""
+    """Whether the program's logits equal the model's own on the example and on a seeded
+    random batch of its shape (beats of unit scale)."""
+    noise = torch.randn(example.shape, generator=torch.Generator().manual_seed(0), dtype=example.dtype)
+    module = program.module()
     with torch.no_grad():
-        got = program.module()(example)
-        want = model(example)
-    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+        for x in (example, noise):
+            got, want = module(x), model(x)
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+                return False
+    return True
 
 
 def _with_weights(program, model: nn.Module, example: torch.Tensor) -> bool:
-    """Copy the model's parameters and buffers into the program; True if it then reproduces
-    the model."""
-    state = model.state_dict()
+    """Copy the model's parameters and buffers (non-persistent ones too, which the program holds
+    as constants) into the program; True if it then reproduces the model."""
+    state = {**dict(model.named_buffers()), **model.state_dict()}
     with torch.no_grad():
         for name, tensor in program.state_dict.items():
             if name not in state or state[name].shape != tensor.shape:
                 return False
             tensor.copy_(state[name])
+        for name, tensor in program.constants.items():
+            if isinstance(tensor, torch.Tensor) and name in state and state[name].shape == tensor.shape:
+                tensor.copy_(state[name])
     return _reproduces(program, model, example)
 
 
 def _save(program, path: Path) -> None:
-    """Written under a temporary name and renamed: a run killed mid-write leaves no entry."""
+    """Written under a temporary name and renamed: a run killed mid-write leaves no entry. The
+    cache is optional, so any failure (read-only directory, full disk: torch's writer raises
+    RuntimeError there) costs the next run time, not this run."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.pt2", dir=path.parent)
         os.close(fd)
         try:
             torch.export.save(program, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the other users of a shared cache
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    except OSError as e:  # a read-only cache costs time on the next run, not this run
+    except Exception as e:  # noqa: BLE001 - see above
         log.warning("model export not cached in %s: %s", path.parent, e)
+
+
+def _load(path: Path):
+    """The stored program, or None where there is none or it cannot be read."""
+    try:
+        if not path.is_file():
+            return None
+        return torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001 - any unreadable entry is traced afresh
+        log.warning("cached model export %s unreadable (%s); tracing afresh", path, e)
+        return None
 
 
 def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | None):
@@ -123,15 +148,12 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
     program = _MEMORY.get(k)
     if program is not None and _with_weights(program, model, example):
         return program, True
-    if path.is_file():
-        try:
-            program = torch.export.load(str(path))
-            if _with_weights(program, model, example):
-                _remember(k, program)
-                return program, True
-            log.warning("cached model export %s does not reproduce the model; tracing afresh", path)
-        except Exception as e:  # noqa: BLE001 - any unreadable entry is traced afresh
-            log.warning("cached model export %s unreadable (%s); tracing afresh", path, e)
+    program = _load(path)
+    if program is not None:
+        if _with_weights(program, model, example):
+            _remember(k, program)
+            return program, True
+        log.warning("cached model export %s does not reproduce the model; tracing afresh", path)
     program = _traced(model, example)
     _save(program, path)
     _remember(k, program)
@@ -140,8 +162,10 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
 
 def _traced(model: nn.Module, example: torch.Tensor):
     """A fresh tracing, checked as a cached one is (MLflow's own check of the saved model, which
-    loads it back at every run's end, is skipped: see pfl.tracking)."""
-    program = _fresh(model, example)
+    loads it back at every run's end, is skipped: see pfl.tracking). A program shares its
+    tensors with the module it traced, and the next run copies its weights into the kept
+    program: so a copy is traced, and the caller's model is never written to."""
+    program = _fresh(copy.deepcopy(model), example)
     if not _reproduces(program, model, example):
         log.warning("torch.export's program of %s does not reproduce the model's logits on the input example",
                     type(model).__name__)
@@ -160,22 +184,36 @@ def _remember(k: str, program) -> None:
         _MEMORY.pop(next(iter(_MEMORY)))
 
 
+#: module id -> (module, program, answered) of the open `reusing` blocks, any thread
+_ANSWERS: dict[int, tuple[nn.Module, object, list[int]]] = {}
+_LOCK = threading.Lock()
+_ORIGINAL: list = []
+
+
+def _export(mod, *args, **kwargs):
+    entry = _ANSWERS.get(id(mod))
+    if entry is not None and entry[0] is mod:
+        entry[2][0] += 1
+        return entry[1]
+    return _ORIGINAL[0](mod, *args, **kwargs)
+
+
 @contextlib.contextmanager
 def reusing(model: nn.Module, program) -> Iterator[list[int]]:
     """Within the block, `torch.export.export(model, ...)` returns `program` instead of
     tracing `model` again; any other module is traced as usual. Yields a one-element list
-    counting the calls answered from `program`."""
-    original = torch.export.export
+    counting the calls answered from `program`. Blocks may nest or overlap across threads:
+    torch's function is put back when the last one closes."""
     answered = [0]
-
-    def export(mod, *args, **kwargs):
-        if mod is model:
-            answered[0] += 1
-            return program
-        return original(mod, *args, **kwargs)
-
-    torch.export.export = export
+    with _LOCK:
+        if not _ANSWERS:
+            _ORIGINAL[:] = [torch.export.export]
+            torch.export.export = _export
+        _ANSWERS[id(model)] = (model, program, answered)
     try:
         yield answered
     finally:
-        torch.export.export = original
+        with _LOCK:
+            _ANSWERS.pop(id(model), None)
+            if not _ANSWERS:
+                torch.export.export = _ORIGINAL.pop()

@@ -197,3 +197,96 @@ def test_export_cache_false_traces_every_run_and_stores_nothing(synthetic_db, tm
         _run(synthetic_db, tmp_path, uri, study, "logger.export_cache=false")
     assert len(traces) == 2
     assert not (tmp_path / "outputs" / "cache" / "export").exists()
+
+
+def test_the_callers_models_are_never_written_to(tmp_path, traces):
+    """The kept program receives the next run's weights: it must not share them with the model
+    of the run that traced it."""
+    example = torch.zeros(2, 1, 64)
+    first = _cnn(0)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    export_cache.exported(first, example, tmp_path)
+    export_cache.exported(_cnn(1), example, tmp_path)  # answered from memory
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_rr_standardization_and_batchnorm_statistics_come_from_the_run(tmp_path, traces):
+    """The served wrapper's mean/std and BatchNorm's running statistics are buffers that differ
+    run by run: a cached program must carry the new run's."""
+    from pfl.models.inputs import StandardizeRR
+
+    def served(seed: int):
+        torch.manual_seed(seed)
+        net = SmallCNN(window=64, channels=4, rr_features=2, norm="batch")
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        return StandardizeRR(net, torch.rand(2) + 0.5, torch.rand(2) + 0.5).eval()
+
+    example = torch.zeros(2, 1, 66)
+    export_cache.exported(served(0), example, tmp_path)
+    for seed in (1, 2):
+        model = served(seed)
+        program, hit = export_cache.exported(model, example, tmp_path)
+        assert hit and len(traces) == 1
+        x = torch.randn(7, 1, 66) * 2
+        with torch.no_grad():
+            torch.testing.assert_close(_logits(program, x), model(x), rtol=1e-5, atol=1e-6)
+        export_cache._MEMORY.clear()  # the second one from disk
+
+
+class _Clamp(nn.Module):
+    """A non-persistent buffer (not in the state dict) that changes the logits."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        self.register_buffer("threshold", torch.tensor(threshold), persistent=False)
+
+    def forward(self, x):
+        return self.lin(torch.minimum(x.flatten(1), self.threshold))
+
+
+def test_a_non_persistent_buffer_comes_from_the_run_too(tmp_path, traces):
+    example = torch.zeros(2, 1, 4)
+    torch.manual_seed(0)
+    export_cache.exported(_Clamp(5.0).eval(), example, tmp_path)
+    model = _Clamp(0.5).eval()
+    program, hit = export_cache.exported(model, example, tmp_path)
+    assert hit and len(traces) == 1  # the program took the new threshold, no second tracing
+    x = torch.linspace(-3, 3, 12).reshape(3, 1, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(program, x), model(x))
+
+
+def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_run(tmp_path, traces, monkeypatch, caplog):
+    """torch's writer raises RuntimeError on a full disk, not OSError."""
+    def full(program, f, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch.export, "save", full)
+    model = _cnn(0)
+    with caplog.at_level(logging.WARNING, logger="pfl.export_cache"):
+        program, hit = export_cache.exported(model, torch.zeros(2, 1, 64), tmp_path)
+    assert hit is False and "not cached" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no half-written entry
+    x = torch.randn(3, 1, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(program, x), model(x))
+
+
+def test_overlapping_reusing_blocks_restore_torchs_function_when_the_last_closes(traces):
+    """Two threads' blocks may close in the order they opened (A, B open; A, B close)."""
+    a, b = _cnn(0), _cnn(1)
+    pa, pb = object(), object()
+    original = torch.export.export
+    first, second = export_cache.reusing(a, pa), export_cache.reusing(b, pb)
+    first.__enter__()
+    second.__enter__()
+    assert torch.export.export(a) is pa and torch.export.export(b) is pb
+    first.__exit__(None, None, None)
+    assert torch.export.export(b) is pb  # the open block still answers
+    second.__exit__(None, None, None)
+    assert torch.export.export is original

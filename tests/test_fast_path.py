@@ -408,7 +408,7 @@ def test_tensors_cross_to_and_from_workers_by_value_and_an_unpicklable_result_is
     """Calls and results travel as plain pickles: a tensor arrives as a copy in ordinary memory,
     not in a shared-memory segment passed by file descriptor (the Connection's own pickler once
     torch.multiprocessing is imported, ~30 ms a round trip); a result that cannot be pickled
-    comes back as an error naming it, and the worker keeps serving."""
+    comes back as an error naming it (not as a worker that died)."""
     from pfl.fl.server import Workload
     from pfl.fl.workers import ProcessBackend, WorkerCore
 
