@@ -290,3 +290,25 @@ def test_overlapping_reusing_blocks_restore_torchs_function_when_the_last_closes
     assert torch.export.export(b) is pb  # the open block still answers
     second.__exit__(None, None, None)
     assert torch.export.export is original
+
+
+def test_the_key_follows_layer_settings_and_the_models_source(tmp_path, monkeypatch):
+    """Same state dict, another dropout: another key. An edit to the file that defines a module
+    class: another key (a model's code changed between runs)."""
+    import importlib
+    import sys
+
+    example = torch.zeros(2, 1, 64)
+    assert export_cache.key(SmallCNN(window=64, dropout=0.0), example) != \
+        export_cache.key(SmallCNN(window=64, dropout=0.5), example)
+    src = tmp_path / "edited_model.py"
+    src.write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("edited_model")
+    try:
+        before = export_cache.key(module.Net(3, 2), torch.zeros(2, 3))
+        assert before == export_cache.key(module.Net(3, 2), torch.zeros(2, 3))  # stable
+        src.write_text("import torch\nclass Net(torch.nn.Linear):\n    pass  # edited\n")
+        assert export_cache.key(module.Net(3, 2), torch.zeros(2, 3)) != before
+    finally:
+        sys.modules.pop("edited_model", None)
