@@ -1377,18 +1377,22 @@ def _md_overhead(o: dict[str, Any]) -> list[str]:
                    f"evaluation {r['pfl_eval_median_s'] - r['plain_eval_median_s']:+.2f}s, per-round callbacks "
                    f"(MLflow metrics, ledger, checkpoint) {per_round_cb:+.2f}s, end of run (tables, figures, the "
                    f"MLflow model, upload) {r['pfl_finalize_median_s']:+.2f}s.")
-    for label, r in runs.items():
-        if "ratio_total_pickle" in r:
-            out.append(f"- {label}, the same runs with the model logged as pickle (`logger.model_format=pickle`, "
-                       f"no torch.export at run end): whole run {median(r['pfl_pickle_total_s']):.2f}s, "
-                       f"{r['ratio_total_pickle']:.3f}x the plain loop (target ≤ {OVERHEAD_TARGETS['ratio_total']:.2f}x: "
-                       f"{'met' if r['ratio_total_pickle'] <= OVERHEAD_TARGETS['ratio_total'] else 'NOT met'}).")
-    for label, r in runs.items():
-        if "ratio_total_traced" in r:
-            out.append(f"- {label}, the same runs tracing the model afresh (`logger.export_cache=false`, as the "
-                       f"first run of an architecture does; the timed runs above load the program the warm-up "
-                       f"run stored): whole run {median(r['pfl_traced_total_s']):.2f}s, "
-                       f"{r['ratio_total_traced']:.3f}x the plain loop.")
+    target = OVERHEAD_TARGETS["ratio_total"]
+    variants = {
+        "pickle": ("with the model logged as pickle (`logger.model_format=pickle`, no torch.export at run end)",
+                   True),
+        "traced": ("tracing the model afresh (`logger.export_cache=false`, as the first run of an architecture "
+                   "does; the timed runs above load the program the warm-up run stored)", False),
+    }
+    for name, (what, against_target) in variants.items():
+        for label, r in runs.items():
+            if f"ratio_total_{name}" not in r:
+                continue
+            ratio = r[f"ratio_total_{name}"]
+            verdict = (f" (target ≤ {target:.2f}x: {'met' if ratio <= target else 'NOT met'})"
+                       if against_target else "")
+            out.append(f"- {label}, the same runs {what}: whole run {median(r[f'pfl_{name}_total_s']):.2f}s, "
+                       f"{ratio:.3f}x the plain loop{verdict}.")
     for label, r in runs.items():
         cb = r["callbacks_median_s"]
         top = sorted(cb.items(), key=lambda kv: -kv[1])[:4]
