@@ -21,7 +21,10 @@ NEUTRAL = {"trainer.compile": False, "trainer.compile_backend": "inductor", "tra
            "trainer.spread_threads": False,
            "federation.test_every": None, "data.rr.standardize": False, "data.rr.irregular_beats": 32,
            "loss.max_weight": None, "partition.val_records": [], "partition.ds1_extra": [],
-           "partition.common_records": [], "partition.common_per_class": None}
+           "partition.common_records": [], "partition.common_per_class": None,
+           # no augmentation: runs from before the augment group keep their hash
+           "augment.name": "none", "augment.shift": 0, "augment.scale": 0.0, "augment.wander": 0.0,
+           "augment.noise": 0.0}
 
 
 #: what an objective (model selection, searches) may read: validation metrics only
@@ -37,12 +40,13 @@ KNOWN_KEYS = {
                    "optimizer", "dropout", "on_divergence", "backend", "ray_address", "sampling"},
     "trainer": {"engine", "accelerator", "devices", "precision", "deterministic", "gradient_clip_val", "compile",
                 "compile_backend", "fused_optimizer", "spread_threads", "threads", "workers", "progress"},
+    "augment": {"name", "shift", "scale", "wander", "noise"},
 }
 
 
 def validate(cfg: DictConfig) -> None:
     for group, known in KNOWN_KEYS.items():
-        unknown = sorted(set(cfg[group]) - known)
+        unknown = sorted(set(cfg.get(group) or ()) - known)
         if unknown:
             raise ConfigError(f"{group}.{unknown[0]}", cfg[group][unknown[0]], f"a key of {group}: " + ", ".join(sorted(known)))
     v.choice("mode", cfg.mode, ("federated", "centralized"))
@@ -74,6 +78,10 @@ def validate(cfg: DictConfig) -> None:
     from pfl.fl.batches import SAMPLINGS
 
     v.choice("federation.sampling", f.get("sampling", "uniform"), SAMPLINGS)
+    from pfl.data.augment import build_augment
+
+    win = (cfg.get("data") or {}).get("window")
+    build_augment(cfg.get("augment"), window=int(win.before) + int(win.after) if win else None)
     v.positive("federation.optimizer.lr", f.optimizer.get("lr"))
     t = cfg.trainer
     if t.get("threads") is not None:
@@ -151,6 +159,8 @@ def config_hash(cfg: DictConfig) -> str:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(last, neutral) == neutral:
             node.pop(last, None)
+    if container.get("augment") == {}:
+        container.pop("augment")
     if workers is not None:
         container["trainer"]["workers"] = workers
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()

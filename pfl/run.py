@@ -47,6 +47,14 @@ def load_federation(cfg: DictConfig) -> Federation:
     return fed
 
 
+def _augment(cfg: DictConfig, fed: Federation):
+    from pfl.data.augment import build_augment
+
+    x = next((c.train.x for c in fed.clients if len(c.train)), None)
+    rr = 0 if x is None or fed.window is None else int(x.shape[-1]) - fed.window
+    return build_augment(cfg.get("augment"), rr_features=rr, window=fed.window)
+
+
 def check_input(cfg: DictConfig, fed: Federation) -> None:
     """The model reads what the data holds: its lead channels and its RR features (a model
     that got this wrong would read RR intervals as signal, or signal as RR, without an error)."""
@@ -165,7 +173,8 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
                   batch_size=fcfg.batch_size, local_epochs=fcfg.local_epochs, seed=cfg.seed,
                   eval_batch_size=fcfg.eval_batch_size, local_steps=fcfg.get("local_steps"),
                   model_factory=model_factory, n_clients=len(train_clients),
-                  keep_optimizer=cfg.mode == "centralized", sampling=str(fcfg.get("sampling", "uniform")))
+                  keep_optimizer=cfg.mode == "centralized", sampling=str(fcfg.get("sampling", "uniform")),
+                  augment=_augment(cfg, fed))
     strategy.bind(ctx)
 
     chash = cfgmod.config_hash(cfg)

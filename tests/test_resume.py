@@ -178,12 +178,13 @@ def test_ctrl_c_says_how_to_continue(_synthetic_db_template, tmp_path, monkeypat
     assert exc.value.code == 130 and "resume=true" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("strategy", ["scaffold", "ditto", "apfl", "fedrod"])
+@pytest.mark.parametrize("strategy", ["scaffold", "ditto", "apfl", "fedrod", "fedrep augment=ecg"])
 def test_stateful_strategies_resume_to_the_uninterrupted_result(_synthetic_db_template, tmp_path, monkeypatch,
                                                                 strategy):
     """Server state (SCAFFOLD's c) and client state (control variates, personal models, APFL's
-    mixing weight, FedRoD's personal head) come back from the checkpoint: a resumed run ends where an uninterrupted one does."""
-    run = (*RUN, f"strategy={strategy}")
+    mixing weight, FedRoD's personal head) come back from the checkpoint: a resumed run ends where an uninterrupted one does.
+    With augmented batches too: their draws are seeded by round and client, not carried."""
+    run = (*RUN, *f"strategy={strategy}".split())
     ref = train(make_cfg(_synthetic_db_template, tmp_path / "ref", *run))
     with monkeypatch.context() as m:
         _interrupt(m, at_round=2, before_checkpoint=False)

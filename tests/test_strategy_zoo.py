@@ -368,6 +368,8 @@ def test_every_strategy_runs_and_reports_the_models_it_has(synthetic_db, tmp_pat
     # Every strategy on the richest input: both leads and the RR features (issue 16); the
     # beat-only input runs through every strategy in the equivalence and math tests.
     extra += ["data.features=[beat,rr]", "data.extra_leads=[other]"]
+    # and augmented training batches: every strategy's training loops take them from the loader
+    extra += ["augment=ecg"]
     from mlflow.tracking import MlflowClient
 
     from pfl.tracking import store_uri

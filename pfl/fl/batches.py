@@ -9,7 +9,7 @@ client), so a resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -36,7 +36,7 @@ class BatchLoader:
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, shuffle: bool = True, group: int = 1,
-                 drop_last: bool = False, sampling: str = "uniform"):
+                 drop_last: bool = False, sampling: str = "uniform", augment: Callable | None = None):
         if sampling not in SAMPLINGS:
             from pfl.errors import ConfigError
 
@@ -45,6 +45,11 @@ class BatchLoader:
         self.drop_last = drop_last or group > 1
         self.generator = torch.Generator().manual_seed(seed)
         self.sampling = sampling
+        # Augmentation draws from a generator of its own, so the batches' order does not
+        # depend on it; on the split's device, so a GPU run draws there.
+        self.augment = augment
+        if augment is not None:
+            self.augment_generator = torch.Generator(device=split.x.device).manual_seed(derive_seed(seed, "augment"))
 
     def _balanced_weights(self) -> torch.Tensor:
         """Per beat 1 / (beats of its class): every class present is drawn equally often."""
@@ -77,9 +82,13 @@ class BatchLoader:
         if self.group == 1:
             for i in range(len(self)):
                 idx = order[i * bs:(i + 1) * bs]
-                yield x[idx], y[idx]
+                yield self._x(x, idx), y[idx]
             return
         span = bs * self.group
         for i in range(len(self)):
             chunk = order[i * span:(i + 1) * span]
-            yield tuple((x[idx], y[idx]) for idx in chunk.split(bs))
+            yield tuple((self._x(x, idx), y[idx]) for idx in chunk.split(bs))
+
+    def _x(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        batch = x[idx]
+        return batch if self.augment is None else self.augment(batch, self.augment_generator)

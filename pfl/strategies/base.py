@@ -68,6 +68,8 @@ class Context:
     keep_optimizer: bool = False
     #: how training batches are drawn (federation.sampling): uniform | balanced
     sampling: str = "uniform"
+    #: random distortions of training batches (augment=...; pfl.data.augment), or None
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def resident(self, split: Split) -> Split:
         """The split on the trainer's device, copied there once per process (a few MB per
@@ -98,7 +100,8 @@ class Context:
             use(client.cid)
         return BatchLoader(self.resident(client.split(split)), batch_size or self.batch_size,
                            seed=self.seed_for(rnd, client.cid, tag, "batches"), group=group,
-                           sampling=self.sampling if split == "train" else "uniform")
+                           sampling=self.sampling if split == "train" else "uniform",
+                           augment=self.augment if split == "train" else None)
 
     def fit(self, model: nn.Module, client: Client, rnd: int, tag: str, *, epochs: int | None = None,
             steps: int = -1, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
