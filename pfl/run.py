@@ -48,11 +48,10 @@ def load_federation(cfg: DictConfig) -> Federation:
 
 
 def _augment(cfg: DictConfig, fed: Federation):
+    """After check_input, which makes the model's RR feature count the data's."""
     from pfl.data.augment import build_augment
 
-    x = next((c.train.x for c in fed.clients if len(c.train)), None)
-    rr = 0 if x is None or fed.window is None else int(x.shape[-1]) - fed.window
-    return build_augment(cfg.get("augment"), rr_features=rr, window=fed.window)
+    return build_augment(cfg.get("augment"), rr_features=cfg.model.get("rr_features", 0), window=fed.window)
 
 
 def check_input(cfg: DictConfig, fed: Federation) -> None:
