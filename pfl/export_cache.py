@@ -12,6 +12,11 @@ traced afresh and replaces the entry. The check is on those inputs only: a chang
 none of them (a constant the model holds outside its buffers, used only on other inputs) would
 go unseen, so `logger.export_cache=false` is the setting for models edited between runs.
 
+The directory keeps the `KEEP` entries used last (an entry's mtime is refreshed when a run loads
+it) and drops the rest whenever a new entry is stored; it also drops the temporary files of
+writers killed mid-write (SIGKILL, power loss) once they are `STALE_S` old, which no live writer
+of a program of a few MB comes near.
+
 MLflow's pt2 writer traces the module it is given with `torch.export.export`; `reusing` hands
 it the cached program for that one module during that one call (tests/test_export_cache.py
 fails if MLflow stops tracing through that function).
@@ -37,6 +42,12 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 _TORCH_DIR = Path(torch.__file__).resolve().parent
+
+#: entries kept in a cache directory: the ones used last (a CNN-LSTM's program is about 1.5 MB)
+KEEP = 16
+#: age in seconds after which a writer's temporary file is taken as left by a killed process
+STALE_S = 3600.0
+_TMP_SUFFIX = ".tmp.pt2"
 
 
 def _dynamic_shapes() -> list[dict]:
@@ -112,7 +123,7 @@ def _save(program, path: Path) -> None:
     RuntimeError there) costs the next run time, not this run."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.pt2", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=_TMP_SUFFIX, dir=path.parent)
         os.close(fd)
         try:
             torch.export.save(program, tmp)
@@ -123,6 +134,45 @@ def _save(program, path: Path) -> None:
                 os.unlink(tmp)
     except Exception as e:  # noqa: BLE001 - see above
         log.warning("model export not cached in %s: %s", path.parent, e)
+        return
+    _prune(path.parent, keep=path)
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Drop all but the `KEEP` entries used last (`keep`, just stored, always stays) and
+    temporary files older than `STALE_S`. Other processes may prune or store at the same time:
+    a file already gone, or one that cannot be removed, is left to them."""
+    import time
+
+    now = time.time()
+    entries: list[tuple[float, Path]] = []
+    try:
+        for f in directory.iterdir():
+            try:
+                mtime = f.stat().st_mtime
+            except OSError:
+                continue
+            if f.name.endswith(_TMP_SUFFIX):
+                if now - mtime > STALE_S:
+                    _unlink(f)
+            elif f.suffix == ".pt2" and f != keep:
+                entries.append((mtime, f))
+    except OSError as e:
+        log.debug("export cache %s not pruned: %s", directory, e)
+        return
+    for _, f in sorted(entries, reverse=True)[max(KEEP - 1, 0):]:
+        _unlink(f)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry used now, so pruning keeps the entries runs still load."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _load(path: Path):
@@ -147,11 +197,13 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
     # The runs of a sweep share a process: the program loaded or traced by one serves the next.
     program = _MEMORY.get(k)
     if program is not None and _with_weights(program, model, example):
+        _touch(path)
         return program, True
     program = _load(path)
     if program is not None:
         if _with_weights(program, model, example):
             _remember(k, program)
+            _touch(path)
             return program, True
         log.warning("cached model export %s does not reproduce the model; tracing afresh", path)
     program = _traced(model, example)

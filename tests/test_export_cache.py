@@ -312,3 +312,38 @@ def test_the_key_follows_layer_settings_and_the_models_source(tmp_path, monkeypa
         assert export_cache.key(module.Net(3, 2), torch.zeros(2, 3)) != before
     finally:
         sys.modules.pop("edited_model", None)
+
+
+def _age(path, seconds: float) -> None:
+    import os
+    import time
+
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_the_directory_keeps_the_entries_used_last(tmp_path, traces, monkeypatch):
+    monkeypatch.setattr(export_cache, "KEEP", 3)
+    example = torch.zeros(2, 1, 64)
+    keys = {}
+    for i, channels in enumerate((2, 3, 4)):
+        export_cache.exported(_cnn(0, channels), example, tmp_path)
+        keys[channels] = export_cache.key(_cnn(0, channels), example)
+        _age(tmp_path / f"{keys[channels]}.pt2", 100 - 10 * i)  # stored 100, 90, 80 s ago
+    # A later process loads the oldest entry: it becomes the one used last.
+    monkeypatch.setattr(export_cache, "_MEMORY", {})
+    assert export_cache.exported(_cnn(1, 2), example, tmp_path)[1] is True
+    export_cache.exported(_cnn(0, 5), example, tmp_path)  # a fourth architecture: one entry goes
+    left = {p.stem for p in tmp_path.glob("*.pt2")}
+    assert left == {keys[2], keys[4], export_cache.key(_cnn(0, 5), example)}  # 3, the least recently used, went
+
+
+def test_temporary_files_of_killed_writers_go_once_stale_and_a_live_writers_stay(tmp_path, traces):
+    stale, live = tmp_path / f"abc.x1{export_cache._TMP_SUFFIX}", tmp_path / f"abc.x2{export_cache._TMP_SUFFIX}"
+    stale.write_bytes(b"half a program")
+    live.write_bytes(b"being written")
+    _age(stale, export_cache.STALE_S + 60)
+    _age(live, 5)
+    export_cache.exported(_cnn(0), torch.zeros(2, 1, 64), tmp_path)
+    assert not stale.exists() and live.exists()
+    assert len([p for p in tmp_path.glob("*.pt2") if not p.name.endswith(export_cache._TMP_SUFFIX)]) == 1
