@@ -52,7 +52,7 @@ bench-gpu: $(STAMP) ## time experiment=seed_phase3 on a CUDA GPU (skips without 
 	$(BIN)/python tests/bench.py --gpu $(ARGS)
 
 ui: $(STAMP) ## open the MLflow dashboard on the default store (ARGS="--port 5001" for another port)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)) --host 127.0.0.1 $(ARGS)
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(if $(PFL_ROOT_DIR),$(PFL_ROOT_DIR)/)$(MLFLOW_DB)) --host 127.0.0.1 $(ARGS)
 
 clean: ## remove .venv, caches and run outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

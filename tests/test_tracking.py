@@ -399,3 +399,17 @@ def test_a_run_inside_the_callers_own_mlflow_run_keeps_its_model(synthetic_db, t
     assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [logged.model_id]
     assert not client.get_run(outer.info.run_id).outputs.model_outputs
     assert not client.search_logged_models([outer_exp.experiment_id])
+
+
+@pytest.mark.parametrize("user, expected", [(None, True), ("false", False), ("true", True)])
+def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on(user, expected):
+    """Importing pfl before mlflow leaves MLflow's own switch off, and a user's setting wins.
+    The oracle is MLflow's reading of its variable, in a fresh process (it is read at import)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    if user is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = user
+    code = ("import pfl, mlflow\n"
+            "from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY\n"
+            "print(MLFLOW_DISABLE_TELEMETRY.get())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(expected)
