@@ -347,3 +347,27 @@ def test_temporary_files_of_killed_writers_go_once_stale_and_a_live_writers_stay
     export_cache.exported(_cnn(0), torch.zeros(2, 1, 64), tmp_path)
     assert not stale.exists() and live.exists()
     assert len([p for p in tmp_path.glob("*.pt2") if not p.name.endswith(export_cache._TMP_SUFFIX)]) == 1
+
+
+class _Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(1, 4, batch_first=True)
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(self.lstm(x.transpose(1, 2))[0][:, -1])
+
+
+def test_an_lstm_is_exported_without_torchs_flat_weights_warning_and_reproduces(tmp_path, traces):
+    import warnings
+
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        program, _ = export_cache.exported(model, torch.zeros(2, 1, 8), tmp_path)
+    assert not [w for w in seen if "_flat_weights" in str(w.message)]
+    x = torch.randn(3, 1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(program, x), model(x))
