@@ -81,7 +81,8 @@ def validate(cfg: DictConfig) -> None:
     from pfl.data.augment import build_augment
 
     win = (cfg.get("data") or {}).get("window")
-    build_augment(cfg.get("augment"), window=int(win.before) + int(win.after) if win else None)
+    build_augment(cfg.get("augment"), window=int(win.before) + int(win.after) if win else None,
+                  peak=int(win.before) if win else None)
     v.positive("federation.optimizer.lr", f.optimizer.get("lr"))
     t = cfg.trainer
     if t.get("threads") is not None:

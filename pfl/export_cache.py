@@ -136,7 +136,6 @@ def _save(program, path: Path) -> None:
         os.close(fd)
         try:
             torch.export.save(program, tmp)
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the other users of a shared cache
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -185,9 +184,14 @@ def _touch(path: Path) -> None:
 
 
 def _load(path: Path):
-    """The stored program, or None where there is none or it cannot be read."""
+    """The stored program, or None where there is none, it cannot be read, or another user wrote
+    it: the check before saving runs fixed inputs, which a planted program could recognise, so
+    only this user's own entries are trusted (another user's is traced afresh and replaced)."""
     try:
         if not path.is_file():
+            return None
+        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+            log.warning("cached model export %s belongs to another user; tracing afresh", path)
             return None
         return torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001 - any unreadable entry is traced afresh
@@ -200,7 +204,7 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
     the cache where a valid entry exists (hit=True), else traced now and stored."""
     model.eval()
     if cache_dir is None:
-        return _traced(model, example), False
+        return _traced(model, example)[0], False
     k = key(model, example)
     path = Path(cache_dir) / f"{k}.pt2"
     # The runs of a sweep share a process: the program loaded or traced by one serves the next.
@@ -215,9 +219,10 @@ def exported(model: nn.Module, example: torch.Tensor, cache_dir: str | Path | No
             _touch(path)
             return program, True
         log.warning("cached model export %s does not reproduce the model; tracing afresh", path)
-    program = _traced(model, example)
-    _save(program, path)
-    _remember(k, program)
+    program, faithful = _traced(model, example)
+    if faithful:  # a program that does not reproduce the model would only be traced again by the next run
+        _save(program, path)
+        _remember(k, program)
     return program, False
 
 
@@ -227,10 +232,11 @@ def _traced(model: nn.Module, example: torch.Tensor):
     tensors with the module it traced, and the next run copies its weights into the kept
     program: so a copy is traced, and the caller's model is never written to."""
     program = _fresh(copy.deepcopy(model), example)
-    if not _reproduces(program, model, example):
+    faithful = _reproduces(program, model, example)
+    if not faithful:
         log.warning("torch.export's program of %s does not reproduce the model's logits on the input example",
                     type(model).__name__)
-    return program
+    return program, faithful
 
 
 #: programs of this process by key, the most recent last (a few MB each at most)
@@ -245,36 +251,45 @@ def _remember(k: str, program) -> None:
         _MEMORY.pop(next(iter(_MEMORY)))
 
 
-#: module id -> (module, program, answered) of the open `reusing` blocks, any thread
-_ANSWERS: dict[int, tuple[nn.Module, object, list[int]]] = {}
+#: module id -> the (module, program, answered) of its open `reusing` blocks, innermost last, any thread
+_ANSWERS: dict[int, list[tuple[nn.Module, object, list[int]]]] = {}
 _LOCK = threading.Lock()
 _ORIGINAL: list = []
 
 
 def _export(mod, *args, **kwargs):
-    entry = _ANSWERS.get(id(mod))
-    if entry is not None and entry[0] is mod:
+    with _LOCK:
+        blocks = _ANSWERS.get(id(mod))
+        entry = blocks[-1] if blocks and blocks[-1][0] is mod else None
+        original = _ORIGINAL[0] if _ORIGINAL else None
+    if entry is not None:
         entry[2][0] += 1
         return entry[1]
-    return _ORIGINAL[0](mod, *args, **kwargs)
+    if original is None:  # the last block closed while this call was on its way: torch's is back
+        return torch.export.export(mod, *args, **kwargs)
+    return original(mod, *args, **kwargs)
 
 
 @contextlib.contextmanager
 def reusing(model: nn.Module, program) -> Iterator[list[int]]:
     """Within the block, `torch.export.export(model, ...)` returns `program` instead of
     tracing `model` again; any other module is traced as usual. Yields a one-element list
-    counting the calls answered from `program`. Blocks may nest or overlap across threads:
-    torch's function is put back when the last one closes."""
+    counting the calls answered from `program`. Blocks may nest (the innermost block of a module
+    answers) or overlap across threads: torch's function is put back when the last one closes."""
     answered = [0]
+    entry = (model, program, answered)
     with _LOCK:
         if not _ANSWERS:
             _ORIGINAL[:] = [torch.export.export]
             torch.export.export = _export
-        _ANSWERS[id(model)] = (model, program, answered)
+        _ANSWERS.setdefault(id(model), []).append(entry)
     try:
         yield answered
     finally:
         with _LOCK:
-            _ANSWERS.pop(id(model), None)
+            blocks = _ANSWERS.get(id(model), [])
+            blocks[:] = [b for b in blocks if b is not entry]
+            if not blocks:
+                _ANSWERS.pop(id(model), None)
             if not _ANSWERS:
                 torch.export.export = _ORIGINAL.pop()

@@ -51,7 +51,8 @@ def _augment(cfg: DictConfig, fed: Federation):
     """After check_input, which makes the model's RR feature count the data's."""
     from pfl.data.augment import build_augment
 
-    return build_augment(cfg.get("augment"), rr_features=cfg.model.get("rr_features", 0), window=fed.window)
+    return build_augment(cfg.get("augment"), rr_features=cfg.model.get("rr_features", 0), window=fed.window,
+                         peak=int(cfg.data.window.before))
 
 
 def check_input(cfg: DictConfig, fed: Federation) -> None:

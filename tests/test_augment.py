@@ -108,12 +108,24 @@ def test_the_loader_augments_reproducibly_without_changing_the_batch_order():
                for g, pg in zip(groups, plain_groups, strict=True) for (gx, gy), (px, py) in zip(g, pg, strict=True))
 
 
-def test_a_run_augments_training_only_and_reproducibly(synthetic_db, tmp_path):
+def test_a_run_augments_training_only_and_reproducibly(synthetic_db, tmp_path, monkeypatch):
+    from pfl.data.augment import BeatAugment
     from pfl.run import train
 
-    base = ("data.features=[beat,rr]", "strategy=fedrep")
+    # Every call must come from a training step (gradients on): evaluation runs without them.
+    calls: list[bool] = []
+    original = BeatAugment.__call__
+
+    def recording(self, x, generator):
+        calls.append(torch.is_grad_enabled() and not torch.is_inference_mode_enabled())
+        return original(self, x, generator)
+
+    monkeypatch.setattr(BeatAugment, "__call__", recording)
+    base = ("data.features=[beat,rr]", "strategy=fedrep", "adapt=finetune")
     plain = train(make_cfg(synthetic_db, tmp_path / "p", *base))
+    assert not calls
     a = train(make_cfg(synthetic_db, tmp_path / "a", *base, "augment=ecg"))
+    assert calls and all(calls)
     b = train(make_cfg(synthetic_db, tmp_path / "b", *base, "augment=ecg"))
     assert a.metrics == b.metrics
     assert all(torch.equal(a.global_weights[k], b.global_weights[k]) for k in a.global_weights)
@@ -141,3 +153,16 @@ def test_a_shift_that_would_move_the_r_peak_out_of_the_window_is_refused(synthet
     with pytest.raises(ConfigError, match=r"augment.shift=100 is not allowed: expected an integer in \[0, 64\]"):
         train(make_cfg(synthetic_db, tmp_path, "augment=ecg", "augment.shift=100"))
     assert not (tmp_path / "outputs").exists()  # refused before the data loads
+
+
+def test_the_shift_limit_keeps_the_r_peak_inside_the_window(synthetic_db, tmp_path):
+    from pfl.run import train
+
+    assert BeatAugment(shift=20, window=200, peak=20).shift == 20
+    with pytest.raises(ConfigError, match=re.escape("augment.shift=21 is not allowed: expected an integer in [0, 20]")):
+        BeatAugment(shift=21, window=200, peak=20)
+    with pytest.raises(ConfigError, match=re.escape("expected an integer in [0, 9]")):  # the peak 10 from the end
+        BeatAugment(shift=10, window=200, peak=190)
+    with pytest.raises(ConfigError, match=re.escape("augment.shift=30 is not allowed: expected an integer in [0, 20]")):
+        train(make_cfg(synthetic_db, tmp_path, "augment=ecg", "augment.shift=30", "data.window.before=20"))
+    assert not (tmp_path / "outputs").exists()

@@ -371,3 +371,35 @@ def test_an_lstm_is_exported_without_torchs_flat_weights_warning_and_reproduces(
     x = torch.randn(3, 1, 8)
     with torch.no_grad():
         torch.testing.assert_close(_logits(program, x), model(x))
+
+
+def test_nested_reusing_blocks_of_one_model_answer_innermost_first_and_restore_torchs_function(traces):
+    model = _cnn(0)
+    outer, inner = object(), object()
+    original = torch.export.export
+    with export_cache.reusing(model, outer) as answered_outer:
+        with export_cache.reusing(model, inner) as answered_inner:
+            assert torch.export.export(model) is inner
+        assert torch.export.export(model) is outer  # the outer block still answers
+    assert torch.export.export is original
+    assert (answered_outer[0], answered_inner[0]) == (1, 1)
+
+
+def test_a_fresh_program_that_does_not_reproduce_the_model_is_not_cached(tmp_path, traces, monkeypatch, caplog):
+    monkeypatch.setattr(export_cache, "_reproduces", lambda program, model, example: False)
+    with caplog.at_level(logging.WARNING, logger="pfl.export_cache"):
+        _, hit = export_cache.exported(_cnn(0), torch.zeros(2, 1, 64), tmp_path)
+    assert hit is False and "does not reproduce" in caplog.text
+    assert not list(tmp_path.glob("*.pt2")) and not export_cache._MEMORY
+
+
+def test_an_entry_another_user_wrote_is_not_loaded(tmp_path, traces, monkeypatch, caplog):
+    import os
+
+    example = torch.zeros(2, 1, 64)
+    export_cache.exported(_cnn(0), example, tmp_path)
+    monkeypatch.setattr(export_cache, "_MEMORY", {})
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)  # as another user finds it
+    with caplog.at_level(logging.WARNING, logger="pfl.export_cache"):
+        _, hit = export_cache.exported(_cnn(1), example, tmp_path)
+    assert (hit, len(traces)) == (False, 2) and "belongs to another user" in caplog.text

@@ -39,9 +39,13 @@ class BeatAugment:
     """Distorts the beat window of a (batch, channels, window + rr_features) tensor; picklable."""
 
     def __init__(self, shift: int = 0, scale: float = 0.0, wander: float = 0.0, noise: float = 0.0,
-                 rr_features: int = 0, window: int | None = None):
-        self.shift = v.integer("augment.shift", shift, minimum=0,
-                               maximum=None if window is None else max(window // 4, 0))
+                 rr_features: int = 0, window: int | None = None, peak: int | None = None):
+        # At most a quarter of the window, and never so far that the R peak (at index `peak`,
+        # data.window.before) leaves it.
+        limit = None if window is None else max(window // 4, 0)
+        if window is not None and peak is not None:
+            limit = max(min(limit, peak, window - 1 - peak), 0)
+        self.shift = v.integer("augment.shift", shift, minimum=0, maximum=limit)
         self.scale = _nonneg("augment.scale", scale)
         self.wander = _nonneg("augment.wander", wander)
         self.noise = _nonneg("augment.noise", noise)
@@ -85,10 +89,12 @@ def _nonneg(key: str, value: Any) -> float:
     return float(value)
 
 
-def build_augment(cfg: Any, rr_features: int = 0, window: int | None = None) -> BeatAugment | None:
-    """The `augment` config group -> a BeatAugment, or None when every setting is 0."""
+def build_augment(cfg: Any, rr_features: int = 0, window: int | None = None,
+                  peak: int | None = None) -> BeatAugment | None:
+    """The `augment` config group -> a BeatAugment, or None when every setting is 0. `window`:
+    the beat window's length; `peak`: the R peak's index in it (data.window.before)."""
     if not cfg:
         return None
     settings = {key: cfg.get(key, 0) for key in SETTINGS}
-    aug = BeatAugment(**settings, rr_features=rr_features, window=window)
+    aug = BeatAugment(**settings, rr_features=rr_features, window=window, peak=peak)
     return aug if aug.active else None
