@@ -33,6 +33,8 @@ import logging
 import os
 import tempfile
 import threading
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,8 +88,6 @@ def key(model: nn.Module, example: torch.Tensor) -> str:
 
 
 def _fresh(model: nn.Module, example: torch.Tensor):
-    import warnings
-
     with warnings.catch_warnings():
         # nn.LSTM re-points its `_flat_weights` list at its parameters on every call, which
         # torch.export reports as tensor attributes assigned during export. They are the
@@ -150,8 +150,6 @@ def _prune(directory: Path, keep: Path) -> None:
     """Drop all but the `KEEP` entries used last (`keep`, just stored, always stays) and
     temporary files older than `STALE_S`. Other processes may prune or store at the same time:
     a file already gone, or one that cannot be removed, is left to them."""
-    import time
-
     now = time.time()
     entries: list[tuple[float, Path]] = []
     try:
