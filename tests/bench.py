@@ -687,9 +687,15 @@ FAST_LEVERS = {
     "fused optimizer (fabric)": ["trainer.engine=fabric", "trainer.fused_optimizer=true"],
     "2 worker processes x 1 thread": ["trainer.workers=2", "trainer.threads=1"],
     "trainer=fast (all kept levers)": ["trainer=fast"],
-    "trainer=fast in fp32 (trainer.precision=32-true)": ["trainer=fast", "trainer.precision=32-true"],
-    "trainer=fast without spread threads (trainer.spread_threads=false)": ["trainer=fast",
-                                                                            "trainer.spread_threads=false"],
+    # trainer=fast's two model-dependent keys (conf/trainer_model/), each combination set explicitly
+    "trainer=fast, bf16 + spread threads": ["trainer=fast", "trainer.precision=bf16-mixed",
+                                            "trainer.spread_threads=true"],
+    "trainer=fast, bf16, no spread threads": ["trainer=fast", "trainer.precision=bf16-mixed",
+                                              "trainer.spread_threads=false"],
+    "trainer=fast, fp32 + spread threads": ["trainer=fast", "trainer.precision=32-true",
+                                            "trainer.spread_threads=true"],
+    "trainer=fast, fp32, no spread threads": ["trainer=fast", "trainer.precision=32-true",
+                                              "trainer.spread_threads=false"],
 }
 FAST_TARGET = 1.5  # x faster per FedAvg round than the plain loop
 PATIENT_TARGET = 2.0  # x faster per-patient round than the exact path
@@ -761,8 +767,10 @@ def bench_fast(opts: Opts) -> dict[str, Any]:
                                                                         for k, v in times.items()))
         base = median(times["plain loop, all cores"])
         sizes = [len(c.train) for c in _federation(common).training_clients]
+        fast_cfg = compose_cfg(common + ["trainer=fast"]).trainer
         out["levers"][label] = {
             "overrides": common, "rounds": rounds, "warmup_s": warm, "client_beats": sizes,
+            "preset": {"precision": fast_cfg.precision, "spread_threads": bool(fast_cfg.spread_threads)},
             "busier_share": busier_share(sizes, len(os.sched_getaffinity(0))), "workers": len(os.sched_getaffinity(0)),
             "spread_shares": spread_shares(sizes, len(os.sched_getaffinity(0))),
             "round_s": {k: median(v) for k, v in times.items()}, "round_s_all": dict(times),
@@ -947,13 +955,16 @@ def _md_fast(o: dict[str, Any]) -> list[str]:
                            "cheaper steps pay (bf16, the fused optimizer).")
             wave, tail = r.get("spread_shares") or (share, 0.0)
             if tail:
-                out.append(f"  With spread threads (`trainer.spread_threads`, in trainer=fast) the left-over client "
+                out.append(f"  With spread threads (`trainer.spread_threads`) the left-over client "
                            f"({tail:.3f} of the beats) trains last on every core: no sooner than {wave:.3f} x the "
                            f"1-thread loop's + {tail:.3f} x the all-core loop's, at most "
                            f"{allc / (one * wave + allc * tail):.2f}x the all-core loop.")
     out.append("")
     for label, r in o["levers"].items():
-        out += [f"**{label}** (`{' '.join(x for x in r['overrides'] if not x.startswith(('data.', 'paths.')))}`):",
+        preset = r.get("preset")
+        out += [f"**{label}** (`{' '.join(x for x in r['overrides'] if not x.startswith(('data.', 'paths.')))}`)"
+                + (f"; trainer=fast for this model: `trainer.precision={preset['precision']} "
+                   f"trainer.spread_threads={str(preset['spread_threads']).lower()}`" if preset else "") + ":",
                 "", "| variant | s / round | first round s | x vs plain loop (all cores) |", "|---|---:|---:|---:|"]
         for k, v in r["round_s"].items():
             fr = r["first_round_s"].get(k)
