@@ -1702,12 +1702,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.results.write_text(json.dumps(res, indent=1, default=float))
     opts.report.parent.mkdir(parents=True, exist_ok=True)
     text = render(res)
-    if not previous and opts.report.is_file() and set(res["sections"]) < set(SECTIONS):
-        # No JSON of the earlier sections (a fresh clone): keep the report's other sections and
-        # replace only the blocks of the sections this invocation ran.
-        text = splice_report(opts.report.read_text(), text, [SECTION_TITLES[n] for n in res["ran"]
-                                                              if n in SECTION_TITLES],
-                             [p for n in res["ran"] for p in SUMMARY_ROWS.get(n, ())], res["ran"])
+    if opts.report.is_file() and set(res["sections"]) < set(SECTIONS):
+        # The JSON lacks some sections (a fresh clone; another machine's or a quick run's
+        # results set aside; a results file removed): keep the report's blocks of those and
+        # replace the blocks of the sections the JSON holds.
+        known = [n for n in SECTIONS if n in res["sections"]]
+        text = splice_report(opts.report.read_text(), text, [SECTION_TITLES[n] for n in known if n in SECTION_TITLES],
+                             [p for n in known for p in SUMMARY_ROWS.get(n, ())], known)
     opts.report.write_text(text)
     log(f"done in {res['wall_s'] / 60:.1f} min: {opts.report} and {opts.results}")
     return 0

@@ -116,3 +116,30 @@ def test_only_n_marks_a_model_that_calls_every_beat_n():
     assert bench.only_n({**base, "test.global.f1_S.pooled": 0.0, "test.global.f1_V.pooled": 0.0})
     assert not bench.only_n({**base, "test.global.f1_S.pooled": 0.0, "test.global.f1_V.pooled": 0.01})
     assert not bench.only_n(base)  # no other class reported: nothing to say
+
+
+def test_a_section_run_alone_keeps_the_report_sections_its_results_file_lacks(synthetic_db, tmp_path):
+    """The results file of this machine holds only some sections (another machine's were set
+    aside): a run of one section must keep the report's blocks, summary rows and sections-run
+    rows of the others, as they were."""
+    report, results = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+    args = ["--quick", "--data-dir", str(synthetic_db), "--report", str(report), "--results", str(results),
+            "--work", str(tmp_path / "work")]
+    kept_block = ("## 8. Fast path agreement: final test metrics of trainer=fast against the exact path\n\n"
+                  "| seed | x |\n|---|---|\n| 0 | measured elsewhere |\n\n")
+    kept_summary = "| fast path agreement with exact, somewhere, 3 seeds | abs diff | worst 0.1 | yes |\n"
+    kept_run = "| agreement | 2026-01-01 00:00 | 99 |\n"
+    assert bench.main([*args, "--only", "data"]) == 0
+    text = report.read_text()
+    text = text.replace("## Summary\n\n| figure | target | measured | met |\n|---|---|---|---|\n",
+                        "## Summary\n\n| figure | target | measured | met |\n|---|---|---|---|\n" + kept_summary)
+    text = text.replace("## Sections run", kept_block + "## Sections run")
+    text = text.rstrip("\n") + "\n" + kept_run
+    assert kept_summary in text and kept_block in text and kept_run in text
+    report.write_text(text)
+    assert bench.main([*args, "--only", "fixed"]) == 0
+    after = report.read_text()
+    assert kept_block in after and kept_summary in after and kept_run in after
+    assert "## 4. Data" in after and "## Per-client fixed costs" in after
+    assert set(json.loads(results.read_text())["sections"]) == {"data", "fixed"}
+
