@@ -73,10 +73,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     dtype = _AUTOCAST.get(_INFERENCE_PRECISION)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     # No autograd graph: evaluation needs none, and recording one costs time and memory.
+    # One output tensor filled batch by batch: a small tensor kept per batch lands above each
+    # batch's freed activations in glibc's heap, which then cannot reuse or return them.
+    out = torch.zeros(len(x), dtype=torch.long)
     with torch.inference_mode(), autocast:
-        out = [model(x[s].to(device)).argmax(1).cpu() for s in chunks(len(x), batch_size)]
+        for s in chunks(len(x), batch_size):
+            out[s] = model(x[s].to(device)).argmax(1).cpu()
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    return out
 
 
 def confusion(preds: torch.Tensor, target: torch.Tensor, n_classes: int) -> np.ndarray:

@@ -123,10 +123,8 @@ def train(cfg: DictConfig, console=None, callbacks: Sequence[Callback] = ()) -> 
 
     `callbacks`: observers (pfl.fl.callbacks.Callback) that see every hook before pfl's own
     tracking, ledger and checkpoints do."""
-    from pfl.allocator import fix_mmap_threshold
     from pfl.metrics import get_inference_precision, set_inference_precision
 
-    fix_mmap_threshold()  # the RSS of a per-patient run otherwise grew to 2.5 GB in some runs
     before = get_inference_precision()
     try:
         return _train(cfg, console, callbacks)

@@ -52,11 +52,9 @@ class _Worker(WorkerCore):
     """One Ray actor: a WorkerCore that fetches the clients it is sent once and keeps them."""
 
     def __init__(self, payload: tuple, threads: int, precision: str = "32-true"):
-        from pfl.allocator import fix_mmap_threshold
         from pfl.fl.trainer import quiet_lightning
         from pfl.metrics import set_inference_precision
 
-        fix_mmap_threshold()  # as in the run's process (pfl.run.train), which a Ray actor is not forked from
         torch.set_num_threads(threads)
         set_inference_precision(precision)  # not forked from the run: told, not inherited
         quiet_lightning()  # unpickling skips ClientTrainer.__init__, where the driver did this
