@@ -76,6 +76,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     # One output tensor filled batch by batch: a small tensor kept per batch lands above each
     # batch's freed activations in glibc's heap, which then cannot reuse or return them.
     out = torch.zeros(len(x), dtype=torch.long)
+    if not len(x):
+        model.train(was_training)
+        return out
     with torch.inference_mode(), autocast:
         for s in chunks(len(x), batch_size):
             out[s] = model(x[s].to(device)).argmax(1).cpu()

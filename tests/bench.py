@@ -1238,7 +1238,7 @@ SECTION_TITLES = {"overhead": "## 1. Framework overhead", "strategies": "## 2. S
                   "ray": "## Ray backend", "threads": "## Threads and evaluation batch size", "fast": "## 7. Fast path",
                   "agreement": "## 8. Fast path agreement"}
 SUMMARY_ROWS = {"overhead": ("framework overhead",), "strategies": ("ledger hashing", "seed_phase3"),
-                "data": ("warm load",), "memory": ("peak RSS",), "ray": ("Ray backend",), "fast": ("trainer=fast",),
+                "data": ("warm load",), "memory": ("peak RSS",), "ray": ("Ray backend",), "fast": ("trainer=fast per",),
                 # the second: the row the fast section owned before agreement was its own section
                 "agreement": ("fast path agreement", "trainer=fast final test metrics")}
 

@@ -140,6 +140,6 @@ def test_a_section_run_alone_keeps_the_report_sections_its_results_file_lacks(sy
     assert bench.main([*args, "--only", "fixed"]) == 0
     after = report.read_text()
     assert kept_block in after and kept_summary in after and kept_run in after
-    assert "## 4. Data" in after and "## Per-client fixed costs" in after
+    assert after.count("## 4. Data") == 1 and after.count("## Per-client fixed costs") == 1
+    assert after.count("| data |") == 1 and after.count("| fixed |") == 1
     assert set(json.loads(results.read_text())["sections"]) == {"data", "fixed"}
-
