@@ -38,6 +38,8 @@ AAMI_SCORED = ("N", "S", "V", "F")
 
 def chunks(n: int, batch_size: int) -> list[slice]:
     """Batches of about batch_size rows (at least MIN_CHUNK); a short remainder joins the last."""
+    if n <= 0:
+        return []
     bs = max(int(batch_size), MIN_CHUNK)
     cuts = list(range(0, n, bs))
     if len(cuts) > 1 and n - cuts[-1] < MIN_CHUNK:
@@ -76,9 +78,6 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     # One output tensor filled batch by batch: a small tensor kept per batch lands above each
     # batch's freed activations in glibc's heap, which then cannot reuse or return them.
     out = torch.zeros(len(x), dtype=torch.long)
-    if not len(x):
-        model.train(was_training)
-        return out
     with torch.inference_mode(), autocast:
         for s in chunks(len(x), batch_size):
             out[s] = model(x[s].to(device)).argmax(1).cpu()
