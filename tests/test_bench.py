@@ -143,3 +143,17 @@ def test_a_section_run_alone_keeps_the_report_sections_its_results_file_lacks(sy
     assert after.count("## 4. Data") == 1 and after.count("## Per-client fixed costs") == 1
     assert after.count("| data |") == 1 and after.count("| fixed |") == 1
     assert set(json.loads(results.read_text())["sections"]) == {"data", "fixed"}
+
+
+def test_splice_gives_a_report_without_summary_or_runs_table_the_new_ones():
+    """A report from before the summary and sections-run tables existed keeps its blocks and
+    gains both, holding the new rows (they were dropped before)."""
+    old = "# Benchmarks\n\nold header\n\n## 3. Scaling\n\nkept scaling\n\n## 4. Data\n\nold data\n"
+    new = ("# Benchmarks\n\nnew header\n\n## Summary\n\n| figure | target | measured | met |\n|---|---|---|---|\n"
+           "| warm load of all beats | well under 2 s | 0.100 s | yes |\n\n## 4. Data\n\nnew data\n\n"
+           "## Sections run\n\n| section | when | seconds |\n|---|---|---:|\n| data | 2026-12-05 10:00 | 3 |\n")
+    out = bench.splice_report(old, new, ["## 4. Data"], ("warm load",), ("data",))
+    assert out == ("# Benchmarks\n\nnew header\n\n## Summary\n\n| figure | target | measured | met |\n|---|---|---|---|\n"
+                   "| warm load of all beats | well under 2 s | 0.100 s | yes |\n\n"
+                   "## 3. Scaling\n\nkept scaling\n\n## 4. Data\n\nnew data\n\n"
+                   "## Sections run\n\n| section | when | seconds |\n|---|---|---:|\n| data | 2026-12-05 10:00 | 3 |\n")
