@@ -820,12 +820,18 @@ def agreement_settings(opts: Opts) -> dict[str, tuple[str, list[str]]]:
 
 
 def bench_agreement(opts: Opts) -> dict[str, Any]:
-    """trainer=fast against the exact path: final test metrics over 3 seeds, in two settings."""
+    """trainer=fast against the exact path: final test metrics over 3 seeds, in each setting.
+
+    Beside it a control: the exact path on another number of threads, fp32 throughout, whose
+    only difference is the order in which the kernels sum. How far that lands from the exact run
+    says how much of the fast path's distance any change of the arithmetic would bring."""
     from pfl.fl.trainer import cpu_supports_bf16
 
     store = shared_store(opts, "agreement")
     seeds = (0,) if opts.quick else (0, 1, 2)
     out: dict[str, Any] = {"bf16_native": cpu_supports_bf16(), "tolerance": FAST_TOLERANCE, "settings": {}}
+    control_threads = 2 if (opts.threads or os.cpu_count() or 1) == 1 else 1
+    out["control"] = f"trainer.threads={control_threads}"
     for name, (label, over) in agreement_settings(opts).items():
         if opts.agreement and name not in opts.agreement:
             continue
@@ -834,12 +840,15 @@ def bench_agreement(opts: Opts) -> dict[str, Any]:
             common = [*over, *opts.base(fresh_root(opts, "agreement")), "strategy=none", f"seed={seed}", store]
             exact = run_pfl(common)["metrics"]
             fast = run_pfl(common + ["trainer=fast"])["metrics"]
+            control = run_pfl(common + [out["control"]])["metrics"]
             row: dict[str, Any] = {"seed": seed, "only_n": {"exact": only_n(exact), "fast": only_n(fast)}}
             for k in FAST_TOLERANCE:
-                row[k] = {"exact": exact[k], "fast": fast[k], "diff": abs(exact[k] - fast[k])}
+                row[k] = {"exact": exact[k], "fast": fast[k], "diff": abs(exact[k] - fast[k]),
+                          "control": control[k], "control_diff": abs(exact[k] - control[k])}
             rows.append(row)
             log(f"agreement [{name}] seed {seed}: "
-                + ", ".join(f"{k} {v['diff']:.4f}" for k, v in row.items() if k in FAST_TOLERANCE))
+                + ", ".join(f"{k} {v['diff']:.4f} (control {v['control_diff']:.4f})"
+                            for k, v in row.items() if k in FAST_TOLERANCE))
         spread = {k: statistics.stdev([r[k]["exact"] for r in rows]) if len(rows) > 1 else float("nan")
                   for k in FAST_TOLERANCE}
         out["settings"][label] = {"overrides": over, "rows": rows, "exact_seed_std": spread,
@@ -871,17 +880,26 @@ def _md_agreement(o: dict[str, Any]) -> list[str]:
            f"trainer=fast trains in bf16 autocast{'' if o['bf16_native'] else ' (fp32 fallback here: no native bf16)'} "
            f"in one-thread worker processes. Tolerance: {tol} (absolute, on the mean over clients). For scale, the "
            "exact path's own sample std over the seeds is given: two fp32 runs that differ only in the seed differ "
-           "by about that much.", ""]
+           f"by about that much. The control is the exact path with `{o.get('control', 'trainer.threads=1')}`: fp32 "
+           "too, the same seeds and batches, only the kernels' order of summation differs; its distance from the "
+           "exact run is what any change of the arithmetic brings.", ""]
     for label, r in o["settings"].items():
         over = " ".join(x for x in r["overrides"] if not x.startswith(("data.", "paths.")))
         out += [f"**{label}** (`{over}`; measured {r.get('when', '-')}):", "",
-                "| seed | " + " | ".join(f"{k} exact / fast / abs diff" for k in o["tolerance"]) + " |",
-                "|---|" + "---|" * len(o["tolerance"])]
+                "| seed | " + " | ".join(f"{k} exact / fast / abs diff | control / abs diff" for k in o["tolerance"])
+                + " |", "|---|" + "---|---|" * len(o["tolerance"])]
+
+        def control(x: dict[str, float]) -> str:
+            return f"{x['control']:.4f} / {x['control_diff']:.4f}" if "control" in x else "-"
         for row in r["rows"]:
             out.append(f"| {row['seed']} | " + " | ".join(
-                f"{row[k]['exact']:.4f} / {row[k]['fast']:.4f} / {row[k]['diff']:.4f}" for k in o["tolerance"]) + " |")
-        out += ["| exact, std over seeds | " + " | ".join(f"{r['exact_seed_std'][k]:.4f}" for k in o["tolerance"])
+                f"{row[k]['exact']:.4f} / {row[k]['fast']:.4f} / {row[k]['diff']:.4f} | {control(row[k])}"
+                for k in o["tolerance"]) + " |")
+        out += ["| exact, std over seeds | " + " | ".join(f"{r['exact_seed_std'][k]:.4f} | -" for k in o["tolerance"])
                 + " |", "", f"Within the tolerance on every seed: **{'yes' if r['holds'] else 'no'}**."]
+        worst = _worst_control(r, o["tolerance"])
+        if worst:
+            out.append(f"The control's largest distance from the exact run: {worst} points.")
         trivial = _trivial_seeds(r)
         if trivial:
             out.append(f"On seed(s) {', '.join(map(str, trivial))} both paths' models call every test beat N "
@@ -889,6 +907,14 @@ def _md_agreement(o: dict[str, Any]) -> list[str]:
                        "seeds say nothing about the tolerance.")
         out.append("")
     return out
+
+
+def _worst_control(r: dict[str, Any], tolerance: dict[str, float]) -> str:
+    """The control's largest distance per metric ("acc 0.12, f1 0.40"), or "" for rows without it."""
+    if not all("control_diff" in row[k] for row in r["rows"] for k in tolerance):
+        return ""
+    return ", ".join(f"{k.split('.')[2]} {100 * max(row[k]['control_diff'] for row in r['rows']):.2f}"
+                     for k in tolerance)
 
 
 def _trivial_seeds(r: dict[str, Any]) -> list[int]:
@@ -1329,6 +1355,8 @@ def _md_summary(s: dict[str, Any]) -> list[str]:
                               for k in o["tolerance"])
             trivial = _trivial_seeds(r)
             note = f" (both only-N on {len(trivial)} of {len(r['rows'])} seeds)" if trivial else ""
+            control = _worst_control(r, o["tolerance"])
+            note += f"; fp32 control: worst {control}" if control else ""
             rows.append((f"fast path agreement with exact, {label.split(' (')[0]}, {len(r['rows'])} seeds",
                          f"abs diff <= {tol} points", f"worst {worst} points{note}",
                          "**not shown** (every seed trivial)" if len(trivial) == len(r["rows"]) else r["holds"]))
