@@ -102,6 +102,15 @@ def test_unknown_strategy_lists_the_available_ones():
         build_strategy({"name": "nosuch"})
 
 
+def test_a_name_that_belongs_to_another_strategy_is_refused():
+    """`strategy.name=fedprox` over FedAvg's config would log FedAvg runs as FedProx."""
+    fedavg = {"_target_": "pfl.strategies.fedavg.FedAvg"}
+    with pytest.raises(ConfigError, match=r"strategy.name='fedprox'.*pfl.strategies.fedprox.FedProx.*strategy=fedprox"):
+        build_strategy({**fedavg, "name": "fedprox"})
+    assert type(build_strategy({"_target_": "pfl.strategies.fedprox.FedProx", "name": "fedprox"})).__name__ == "FedProx"
+    assert build_strategy({**fedavg, "name": "my_fedavg"}).name == "my_fedavg"  # a new name is a label
+
+
 class FrozenServer(Strategy):
     """A user's strategy defined outside pfl: the server never moves; clients keep what they learn."""
 

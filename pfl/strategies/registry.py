@@ -72,6 +72,18 @@ def cfg_items(cfg: Mapping | DictConfig) -> dict[str, Any]:
     return _plain(cfg)
 
 
+def _class_named(name: str) -> type | None:
+    """The class a shipped YAML or an entry point builds under `name` (None: no such name, or
+    a YAML without its own `_target_`, such as one composed from another)."""
+    if name in config_names():
+        from pfl.cli import CONF_DIR
+
+        target = OmegaConf.load(Path(CONF_DIR) / "strategy" / f"{name}.yaml").get("_target_")
+        return _load("strategy", target) if target else None
+    options = {ep.name: ep for ep in entry_points(group="pfl.strategies")}
+    return options[name].load() if name in options else None
+
+
 def build_strategy(cfg: Mapping | DictConfig, adapt: Mapping | DictConfig | None = None) -> Strategy:
     params = _plain(cfg)
     name = params.pop("name", None)
@@ -87,6 +99,14 @@ def build_strategy(cfg: Mapping | DictConfig, adapt: Mapping | DictConfig | None
         return build_strategy({**shipped, **cfg_items(cfg)}, adapt)
     if target is not None:
         cls = _load("strategy", target)
+        # `strategy.name=fedprox` on top of another strategy would run that one under FedProx's
+        # name, in MLflow and every report: a name that belongs to another strategy is refused.
+        named = _class_named(name) if name else None
+        if named is not None and named is not cls:
+            raise ConfigError("strategy.name", name, f"a name that no other strategy has (strategy._target_ "
+                              f"is {target}; {name!r} is {named.__module__}.{named.__qualname__})",
+                              hint=f"strategy.name only names the strategy a run uses; to run {name}, "
+                                   f"choose it: strategy={name}")
     else:
         options = {ep.name: ep for ep in entry_points(group="pfl.strategies")}
         if name not in options:
