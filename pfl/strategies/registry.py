@@ -102,7 +102,7 @@ def build_strategy(cfg: Mapping | DictConfig, adapt: Mapping | DictConfig | None
         # `strategy.name=fedprox` on top of another strategy would run that one under FedProx's
         # name, in MLflow and every report: a name that belongs to another strategy is refused.
         named = _class_named(name) if name else None
-        if named is not None and named is not cls:
+        if named is not None and not issubclass(cls, named):  # a subclass (a test's variant) keeps it
             raise ConfigError("strategy.name", name, f"a name that no other strategy has (strategy._target_ "
                               f"is {target}; {name!r} is {named.__module__}.{named.__qualname__})",
                               hint=f"strategy.name only names the strategy a run uses; to run {name}, "
