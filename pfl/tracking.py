@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,14 @@ class MlflowTracker(Callback):
         self._warm: threading.Thread | None = None
         #: the per-round MLflow calls, in order, off the round's critical path
         self._queue = InOrder("pfl-mlflow")
+        # Rounds' metrics not yet handed to the queue: (metrics, round, time in ms). Logged at
+        # most every `logger.flush_every_s` (0: every round) because the store's Python code
+        # (SQLAlchemy, about 25 ms of CPU for 180 metrics) holds the GIL that the training loop
+        # needs to dispatch every op: logged every round it slowed the small model's rounds by
+        # 10% (BENCHMARKS.md section 1).
+        self._flush_s = float(cfg.logger.get("flush_every_s", 0) or 0)
+        self._pending: list[tuple[dict[str, float], int, int]] = []
+        self._flushed_at = time.monotonic()
 
     def _experiment_id(self) -> str:
         return experiment_id(self.client, self.cfg, self.uri)
@@ -294,19 +302,35 @@ class MlflowTracker(Callback):
         _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._log_rows([(metrics, step, int(time.time() * 1000))])
+
+    def _log_rows(self, rows: Sequence[tuple[dict[str, float], int, int]]) -> None:
+        """Each row's metrics at its step, stamped with the time the row was made."""
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+        items = [Metric(k, float(v), ts, step) for metrics, step, ts in rows
+                 for k, v in metrics.items() if v is not None and np.isfinite(v)]
         for i in range(0, len(items), _BATCH):
             _retry(self.client.log_batch, self.run_id, metrics=items[i:i + _BATCH])
+
+    def _flush(self, now: bool = False) -> None:
+        """Hand the pending rounds to the queue (`now`: log them in this thread)."""
+        rows, self._pending = self._pending, []
+        self._flushed_at = time.monotonic()
+        if rows:
+            if now:
+                self._log_rows(rows)
+            else:
+                self._queue.submit(self._log_rows, rows)
 
     def _log_round(self, info: RoundInfo) -> None:
         metrics = dict(info.metrics)
         metrics["clients.participating"] = len(info.updates)
         metrics["clients.dropped"] = len(info.dropped)
         metrics["clients.diverged"] = len(info.diverged)
-        self._queue.submit(self.log_metrics, metrics, info.rnd)
+        self._pending.append((metrics, info.rnd, int(time.time() * 1000)))
+        if time.monotonic() - self._flushed_at >= self._flush_s:
+            self._flush()
         if info.dropped or info.diverged:
             self._queue.submit(_retry, self.client.log_text, self.run_id,
                                json.dumps({"dropped": info.dropped, "diverged": info.diverged}),
@@ -326,7 +350,9 @@ class MlflowTracker(Callback):
         return [rounds[r] for r in sorted(rounds)] or result.history
 
     def on_run_end(self, result) -> None:
-        self._queue.close()  # every round's metrics are in the store (a resumed run's curves read them)
+        if self.resumed:  # its learning curves are read from the store: every round must be there
+            self._flush()
+        self._queue.close()
         if self._warm is not None:  # no import under way in another thread when the writer forks
             self._warm.join()
         # The same files a logger=none run leaves in its run directory, the figures drawn in the
@@ -335,9 +361,11 @@ class MlflowTracker(Callback):
         self.artifacts.start(result)
         try:
             # Bootstrap intervals of the final per-client macro-F1, for pfl-report's client tables.
+            # Logged with the rounds not yet flushed, while the figures are drawn in the child.
             last = int(self.cfg.federation.rounds)
-            self.log_metrics({f"client.{r['client']}.test.personal.f1.ci_{b}": r[f"f1_personal_{b}"]
-                              for r in self.artifacts.rows for b in ("lo", "hi")}, step=int(last))
+            self._pending.append(({f"client.{r['client']}.test.personal.f1.ci_{b}": r[f"f1_personal_{b}"]
+                                   for r in self.artifacts.rows for b in ("lo", "hi")}, last, int(time.time() * 1000)))
+            self._flush(now=True)
             if self.cfg.logger.get("log_model", True) and self.tags.get("strategy_has_global", "true") == "true":
                 # One thread: the model sees two beats, and the figures are being drawn in a child
                 # process on another core, which a second torch thread would wait on at every op.
@@ -455,6 +483,7 @@ class MlflowTracker(Callback):
         if self._warm is not None:
             self._warm.join(30)
         try:  # the rounds logged so far stay in the store
+            self._flush()
             self._queue.close(timeout=PROBE_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - the run's own error is the one to report
             log.error("MLflow: metrics of the last rounds not logged: %s", _first_line(e))

@@ -19,6 +19,7 @@ from compose import make_cfg
 from mlflow.tracking import MlflowClient
 
 from pfl.errors import DataError, PflError
+from pfl.fl.callbacks import Callback
 from pfl.fl.server import DivergenceError
 from pfl.run import train
 from pfl.tracking import open_client, store_uri
@@ -163,6 +164,45 @@ def test_a_data_error_after_the_run_started_ends_it_failed(synthetic_db, tmp_pat
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "DataError: client s01: test split unreadable"
     assert "train_loss" in run.data.metrics  # the round's training was logged before the failure
+
+
+class _StoreProbe(Callback):
+    """At the end of round 2 (observers see it before the tracker), which steps of round 1's
+    train_loss the store holds; waits up to `wait_s` for them to appear."""
+
+    def __init__(self, tmp_path, wait_s: float):
+        self.uri, self.wait_s = store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"), wait_s
+        self.seen: list[int] | None = None
+        self.round_end_ms: dict[int, int] = {}
+
+    def on_round_end(self, info) -> None:
+        self.round_end_ms[info.rnd] = int(time.time() * 1000)
+        if info.rnd != 2:
+            return
+        client = MlflowClient(tracking_uri=self.uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("fail_study").experiment_id])
+        deadline = time.time() + self.wait_s
+        while True:
+            self.seen = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+            if self.seen or time.time() > deadline:
+                return
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("flush_every_s, expected", [(0, [1]), (3600, [])])
+def test_round_metrics_reach_the_store_at_most_every_flush_every_s(synthetic_db, tmp_path, flush_every_s, expected):
+    probe = _StoreProbe(tmp_path, wait_s=10 if expected else 0.5)
+    result = train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=3", f"logger.flush_every_s={flush_every_s}"),
+                   callbacks=[probe])
+    assert probe.seen == expected
+    # Whenever they were flushed, every round is in the store at its step, stamped with the time
+    # its round ended (not the time of the flush: with 3600 s, the end of the run).
+    (run,) = _runs(tmp_path, "fail_study")
+    client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"))
+    history = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(h["round"], h["train_loss"]) for h in result.history]
+    assert history[0].timestamp <= probe.round_end_ms[2] < history[2].timestamp + 1000
+    assert history[0].timestamp <= history[1].timestamp <= history[2].timestamp
 
 
 def test_an_interrupted_run_ends_killed(synthetic_db, tmp_path, monkeypatch):
