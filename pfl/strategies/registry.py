@@ -34,7 +34,7 @@ def config_names(conf_dir: str | Path | None = None) -> list[str]:
 def available() -> dict[str, Any]:
     """Names a strategy can be chosen by: the YAML options and entry points."""
     found: dict[str, Any] = {n: "conf/strategy" for n in config_names()}
-    for ep in entry_points(group="pfl.strategies"):
+    for ep in _entry_points().values():
         found.setdefault(ep.name, ep)
     return found
 
@@ -72,15 +72,24 @@ def cfg_items(cfg: Mapping | DictConfig) -> dict[str, Any]:
     return _plain(cfg)
 
 
+def _shipped(name: str) -> dict[str, Any]:
+    """conf/strategy/<name>.yaml as a plain dict."""
+    from pfl.cli import CONF_DIR
+
+    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "strategy" / f"{name}.yaml"))
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group="pfl.strategies")}
+
+
 def _class_named(name: str) -> type | None:
     """The class a shipped YAML or an entry point builds under `name` (None: no such name, or
     a YAML without its own `_target_`, such as one composed from another)."""
     if name in config_names():
-        from pfl.cli import CONF_DIR
-
-        target = OmegaConf.load(Path(CONF_DIR) / "strategy" / f"{name}.yaml").get("_target_")
+        target = _shipped(name).get("_target_")
         return _load("strategy", target) if target else None
-    options = {ep.name: ep for ep in entry_points(group="pfl.strategies")}
+    options = _entry_points()
     return options[name].load() if name in options else None
 
 
@@ -92,10 +101,7 @@ def build_strategy(cfg: Mapping | DictConfig, adapt: Mapping | DictConfig | None
     weighting = params.pop("weighting", None)
     if target is None and name in config_names():
         # By name from the API: the shipped YAML, with the given keys on top.
-        from pfl.cli import CONF_DIR
-
-        shipped = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "strategy" / f"{name}.yaml"))
-        shipped = {k: v for k, v in shipped.items() if k != "defaults"}
+        shipped = {k: v for k, v in _shipped(name).items() if k != "defaults"}
         return build_strategy({**shipped, **cfg_items(cfg)}, adapt)
     if target is not None:
         cls = _load("strategy", target)
@@ -103,12 +109,13 @@ def build_strategy(cfg: Mapping | DictConfig, adapt: Mapping | DictConfig | None
         # name, in MLflow and every report: a name that belongs to another strategy is refused.
         named = _class_named(name) if name else None
         if named is not None and not issubclass(cls, named):  # a subclass (a test's variant) keeps it
-            raise ConfigError("strategy.name", name, f"a name that no other strategy has (strategy._target_ "
-                              f"is {target}; {name!r} is {named.__module__}.{named.__qualname__})",
+            raise ConfigError("strategy.name", name, f"a name that no other strategy has, or the name of a "
+                              f"strategy that strategy._target_ subclasses (strategy._target_ is {target}; "
+                              f"{name!r} is {named.__module__}.{named.__qualname__})",
                               hint=f"strategy.name only names the strategy a run uses; to run {name}, "
                                    f"choose it: strategy={name}")
     else:
-        options = {ep.name: ep for ep in entry_points(group="pfl.strategies")}
+        options = _entry_points()
         if name not in options:
             raise ConfigError("strategy.name", name, "one of " + ", ".join(sorted(available()))
                               + " (or a strategy config with a _target_)")
