@@ -52,6 +52,8 @@ def validate(cfg: DictConfig) -> None:
     v.choice("mode", cfg.mode, ("federated", "centralized"))
     if cfg.get("logger") and "model_format" in cfg.logger:  # before anything trains or is written
         v.choice("logger.model_format", cfg.logger.model_format, MODEL_FORMATS)
+    if cfg.get("logger") and cfg.logger.get("flush_every_s") is not None:
+        v.non_negative("logger.flush_every_s", cfg.logger.flush_every_s, "a number of seconds >= 0 (0: after every round)")
     v.integer("seed", cfg.seed, minimum=0)
     if not str(cfg.get("objective", "val.")).startswith(OBJECTIVE_PREFIXES):
         raise ConfigError("objective", cfg.objective, "a validation metric: val.* of the federated clients, or "

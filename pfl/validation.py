@@ -19,6 +19,12 @@ def positive(key: str, v: Any) -> float:
     return float(v)
 
 
+def non_negative(key: str, v: Any, allowed: str = "a number >= 0") -> float:
+    if not _is_number(v) or not math.isfinite(v) or v < 0:
+        raise ConfigError(key, v, allowed)
+    return float(v)
+
+
 def fraction(key: str, v: Any, *, low_open: bool = False, high_open: bool = True) -> float:
     lo = "(0" if low_open else "[0"
     hi = "1)" if high_open else "1]"

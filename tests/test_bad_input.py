@@ -80,6 +80,8 @@ CONFIG_ROWS = [
     (["seed=-1"], ["seed=-1", "an integer >= 0"]),
     (["resume=3"], ["resume=3", "true, false or a checkpoint path"]),
     (["trainer.threads=0"], ["trainer.threads=0", "an integer >= 1"]),
+    (["logger.flush_every_s=-1"], ["logger.flush_every_s=-1", "a number of seconds >= 0"]),
+    (["logger.flush_every_s=often"], ["logger.flush_every_s='often'", "a number of seconds >= 0"]),
     (["strategy=perfedavg", "alpha=0"], ["strategy.alpha=0", "a number > 0"]),
     (["strategy=perfedavg", "strategy.alpha=-1"], ["strategy.alpha=-1", "a number > 0"]),
     (["strategy=perfedavg", "beta=-0.5"], ["strategy.beta=-0.5", "a number > 0"]),
