@@ -201,6 +201,10 @@ def experiment_id(client, cfg: DictConfig, uri: str) -> str:
         return exp.experiment_id
 
 
+#: the clock of `logger.flush_every_s` (tests drive it)
+_monotonic = time.monotonic
+
+
 class MlflowTracker(Callback):
     def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str], artifacts=None,
                  rr_stats: dict | None = None):
@@ -232,7 +236,7 @@ class MlflowTracker(Callback):
         # 10% (BENCHMARKS.md section 1).
         self._flush_s = float(cfg.logger.get("flush_every_s", 0) or 0)
         self._pending: list[tuple[dict[str, float], int, int]] = []
-        self._flushed_at = time.monotonic()
+        self._flushed_at = _monotonic()
 
     def _experiment_id(self) -> str:
         return experiment_id(self.client, self.cfg, self.uri)
@@ -314,14 +318,17 @@ class MlflowTracker(Callback):
             _retry(self.client.log_batch, self.run_id, metrics=items[i:i + _BATCH])
 
     def _flush(self, now: bool = False) -> None:
-        """Hand the pending rounds to the queue (`now`: log them in this thread)."""
-        rows, self._pending = self._pending, []
-        self._flushed_at = time.monotonic()
-        if rows:
-            if now:
-                self._log_rows(rows)
-            else:
-                self._queue.submit(self._log_rows, rows)
+        """Hand the pending rounds to the queue (`now`: log them in this thread). They stay
+        pending until that succeeds, so an error or a signal midway leaves them for
+        on_exception (rows logged twice are stored once: MLflow skips exact duplicates)."""
+        self._flushed_at = _monotonic()
+        if not self._pending:
+            return
+        if now:
+            self._log_rows(self._pending)
+        else:
+            self._queue.submit(self._log_rows, list(self._pending))
+        self._pending = []
 
     def _log_round(self, info: RoundInfo) -> None:
         metrics = dict(info.metrics)
@@ -329,7 +336,7 @@ class MlflowTracker(Callback):
         metrics["clients.dropped"] = len(info.dropped)
         metrics["clients.diverged"] = len(info.diverged)
         self._pending.append((metrics, info.rnd, int(time.time() * 1000)))
-        if time.monotonic() - self._flushed_at >= self._flush_s:
+        if _monotonic() - self._flushed_at >= self._flush_s:
             self._flush()
         if info.dropped or info.diverged:
             self._queue.submit(_retry, self.client.log_text, self.run_id,

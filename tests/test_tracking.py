@@ -167,42 +167,51 @@ def test_a_data_error_after_the_run_started_ends_it_failed(synthetic_db, tmp_pat
 
 
 class _StoreProbe(Callback):
-    """At the end of round 2 (observers see it before the tracker), which steps of round 1's
-    train_loss the store holds; waits up to `wait_s` for them to appear."""
+    """Drives the tracker's clock (round r ends at 6 r seconds) and records, at the end of each
+    round (observers see it before the tracker does), the steps of train_loss in the store."""
 
-    def __init__(self, tmp_path, wait_s: float):
-        self.uri, self.wait_s = store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"), wait_s
-        self.seen: list[int] | None = None
+    def __init__(self, tmp_path, expect: dict[int, list[int]]):
+        self.uri, self.expect = store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"), expect
+        self.now = 0.0
+        self.seen: dict[int, list[int]] = {}
         self.round_end_ms: dict[int, int] = {}
+
+    def _steps(self, client, run_id) -> list[int]:
+        return sorted({m.step for m in client.get_metric_history(run_id, "train_loss")})
 
     def on_round_end(self, info) -> None:
         self.round_end_ms[info.rnd] = int(time.time() * 1000)
-        if info.rnd != 2:
-            return
         client = MlflowClient(tracking_uri=self.uri)
         (run,) = client.search_runs([client.get_experiment_by_name("fail_study").experiment_id])
-        deadline = time.time() + self.wait_s
-        while True:
-            self.seen = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-            if self.seen or time.time() > deadline:
-                return
+        deadline = time.time() + 10  # the background thread may still be writing what was handed to it
+        while not set(self.expect[info.rnd]) <= set(self._steps(client, run.info.run_id)) and time.time() < deadline:
             time.sleep(0.05)
+        time.sleep(0.3)  # time for a round handed over too early to show up
+        self.seen[info.rnd] = self._steps(client, run.info.run_id)
+        self.now = 6.0 * info.rnd
 
 
-@pytest.mark.parametrize("flush_every_s, expected", [(0, [1]), (3600, [])])
-def test_round_metrics_reach_the_store_at_most_every_flush_every_s(synthetic_db, tmp_path, flush_every_s, expected):
-    probe = _StoreProbe(tmp_path, wait_s=10 if expected else 0.5)
-    result = train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=3", f"logger.flush_every_s={flush_every_s}"),
+@pytest.mark.parametrize("flush_every_s, expect", [
+    (0, {1: [], 2: [1], 3: [1, 2], 4: [1, 2, 3]}),
+    # 10 s: rounds 1-2 are handed over at round 2 (12 s), rounds 3-4 at round 4 (24 s)
+    (10, {1: [], 2: [], 3: [1, 2], 4: [1, 2]}),
+])
+def test_round_metrics_reach_the_store_at_most_every_flush_every_s(synthetic_db, tmp_path, monkeypatch,
+                                                                   flush_every_s, expect):
+    import pfl.tracking as tracking
+
+    probe = _StoreProbe(tmp_path, expect)
+    monkeypatch.setattr(tracking, "_monotonic", lambda: probe.now)
+    result = train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=4", f"logger.flush_every_s={flush_every_s}"),
                    callbacks=[probe])
-    assert probe.seen == expected
-    # Whenever they were flushed, every round is in the store at its step, stamped with the time
-    # its round ended (not the time of the flush: with 3600 s, the end of the run).
+    assert probe.seen == expect
+    # Every round is in the store at its step, stamped with the time its round ended, not the
+    # time it was handed over (with 10 s, round 3's at round 4's end).
     (run,) = _runs(tmp_path, "fail_study")
     client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"))
     history = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(h["round"], h["train_loss"]) for h in result.history]
-    assert history[0].timestamp <= probe.round_end_ms[2] < history[2].timestamp + 1000
-    assert history[0].timestamp <= history[1].timestamp <= history[2].timestamp
+    assert history[0].timestamp <= probe.round_end_ms[2] and history[2].timestamp <= probe.round_end_ms[4]
 
 
 def test_an_interrupted_run_ends_killed(synthetic_db, tmp_path, monkeypatch):
