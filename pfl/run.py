@@ -188,6 +188,8 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
         else:
             state, meta = load_checkpoint(path, chash, digest)
             log.info("resuming after round %d from %s", state.rnd, path)
+    # Metrics of the last rounds that a killed run may not have logged to MLflow yet.
+    unlogged = meta.pop("unlogged_metrics", [])
 
     observers, callbacks = list(callbacks), []
     backend = None
@@ -230,8 +232,9 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     # Everything a component needs is known before it is built: the MLflow run (a resumed run
     # continues its own), the directories and the ledger's chain.
     run = RunContext(chash, digest, ckpt_dir, artifacts.directory,
-                     run_id=tracker.start(meta.get("mlflow_run_id")) if tracker else None, resuming=state is not None)
-    ckpt = Checkpointer(run, ledger, meta, writer=durable)
+                     run_id=tracker.start(meta.get("mlflow_run_id"), unlogged) if tracker else None,
+                     resuming=state is not None)
+    ckpt = Checkpointer(run, ledger, meta, writer=durable, unlogged=tracker.unlogged if tracker else None)
     # Ledger before checkpoint: a checkpoint never exists for a round the ledger lacks. Both
     # before the artifacts and the tracker: at the end their writes are on disk (flushed) before
     # the ledger is copied into the run's artifacts and the run is marked FINISHED.

@@ -191,17 +191,20 @@ class _StoreProbe(Callback):
         self.now = 6.0 * info.rnd
 
 
-@pytest.mark.parametrize("flush_every_s, expect", [
-    (0, {1: [], 2: [1], 3: [1, 2], 4: [1, 2, 3]}),
+@pytest.mark.parametrize("flush_every_s, max_pending, expect", [
+    (0, 10, {1: [], 2: [1], 3: [1, 2], 4: [1, 2, 3]}),
     # 10 s: rounds 1-2 are handed over at round 2 (12 s), rounds 3-4 at round 4 (24 s)
-    (10, {1: [], 2: [], 3: [1, 2], 4: [1, 2]}),
+    (10, 10, {1: [], 2: [], 3: [1, 2], 4: [1, 2]}),
+    # at most 3 rounds pending: rounds 1-3 handed over at round 3
+    (3600, 3, {1: [], 2: [], 3: [], 4: [1, 2, 3]}),
 ])
 def test_round_metrics_reach_the_store_at_most_every_flush_every_s(synthetic_db, tmp_path, monkeypatch,
-                                                                   flush_every_s, expect):
+                                                                   flush_every_s, max_pending, expect):
     import pfl.tracking as tracking
 
     probe = _StoreProbe(tmp_path, expect)
     monkeypatch.setattr(tracking, "_monotonic", lambda: probe.now)
+    monkeypatch.setattr(tracking, "_MAX_PENDING", max_pending)
     result = train(_sqlite_cfg(synthetic_db, tmp_path, "federation.rounds=4", f"logger.flush_every_s={flush_every_s}"),
                    callbacks=[probe])
     assert probe.seen == expect
@@ -212,6 +215,46 @@ def test_round_metrics_reach_the_store_at_most_every_flush_every_s(synthetic_db,
     history = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(h["round"], h["train_loss"]) for h in result.history]
     assert history[0].timestamp <= probe.round_end_ms[2] and history[2].timestamp <= probe.round_end_ms[4]
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_a_killed_run_resumed_logs_the_rounds_it_had_not_flushed(synthetic_db, tmp_path, monkeypatch):
+    import signal as signals
+
+    import pfl.tracking as tracking
+    from pfl.fl.checkpoint import Checkpointer
+
+    reference = train(_sqlite_cfg(synthetic_db, tmp_path / "ref", "federation.rounds=4"))
+    run_cfg = ("federation.rounds=4", "logger.flush_every_s=3600")
+    handler = signals.getsignal(signals.SIGTERM)
+    save = Checkpointer.on_round_end
+
+    def killed_after_round_2(self, info):
+        save(self, info)
+        if info.rnd == 2:
+            raise _Killed
+
+    try:
+        with monkeypatch.context() as m:  # dies after round 2's checkpoint as SIGKILL does: no handler runs
+            m.setattr(Checkpointer, "on_round_end", killed_after_round_2)
+            m.setattr(tracking.MlflowTracker, "on_exception", lambda self, exc: None)
+            with pytest.raises(_Killed):
+                train(_sqlite_cfg(synthetic_db, tmp_path, *run_cfg))
+    finally:
+        signals.signal(signals.SIGTERM, handler)
+    (run,) = _runs(tmp_path, "fail_study")
+    client = MlflowClient(tracking_uri=store_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db"))
+    assert client.get_metric_history(run.info.run_id, "train_loss") == []  # nothing was flushed
+
+    result = train(_sqlite_cfg(synthetic_db, tmp_path, *run_cfg, "resume=true"))
+    assert [h["round"] for h in result.history] == [3, 4]
+    (again,) = _runs(tmp_path, "fail_study")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    history = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(h["round"], h["train_loss"]) for h in reference.history]
 
 
 def test_an_interrupted_run_ends_killed(synthetic_db, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,11 @@ class Checkpointer(Callback):
     saved with each checkpoint, so a resumed run extends the same chain."""
 
     def __init__(self, run: RunContext, ledger=None, meta: dict[str, Any] | None = None,
-                 writer: InOrder | None = None):
+                 writer: InOrder | None = None, unlogged: Callable[[RoundInfo], list] | None = None):
         self.run, self.ledger = run, ledger
+        #: the round's metrics rows that may not have reached the tracking store yet (the MLflow
+        #: tracker's, pfl.tracking); saved with the round, so a resumed run logs what a kill lost
+        self.unlogged = unlogged
         #: writes and fsyncs the serialized checkpoint off the round's critical path (the ledger's
         #: queue, so the order ledger entry, checkpoint holds); None: at once
         self.writer = writer
@@ -75,6 +79,7 @@ class Checkpointer(Callback):
             "fed_digest": self.run.fed_digest,
             "ledger_head": getattr(self.ledger, "prev", None),
             "meta": self.meta,
+            "unlogged_metrics": self.unlogged(info) if self.unlogged is not None else [],
         }, buf)
         data = buf.getvalue()
         if self.writer is None:
@@ -125,5 +130,7 @@ def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[Serv
         raise PflError(f"resume={str(path)!r}: checkpoint was trained on different data (partition digest "
                        "differs); resume needs the same data and partition")
     torch.set_rng_state(ckpt["torch_rng"])
-    return (ServerState(ckpt["round"], ckpt["global"], ckpt["client_states"], ckpt.get("server_state", {})),
-            ckpt.get("meta", {}))
+    meta = dict(ckpt.get("meta", {}))
+    if ckpt.get("unlogged_metrics"):  # handed to the resumed run's tracker (pfl.run), not saved again
+        meta["unlogged_metrics"] = ckpt["unlogged_metrics"]
+    return ServerState(ckpt["round"], ckpt["global"], ckpt["client_states"], ckpt.get("server_state", {})), meta
