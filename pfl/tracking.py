@@ -262,8 +262,8 @@ class MlflowTracker(Callback):
 
     def start(self, run_id: str | None = None, unlogged: Sequence = ()) -> str:
         """Start (or, given the checkpoint's `run_id`, continue) the MLflow run. `unlogged`: the
-        checkpoint's rows that the killed run may not have logged (`unlogged`); a continued run
-        logs them with its first flush (MLflow skips the ones it already has)."""
+        rows the checkpoint saved that its run may not have logged before it was killed; a
+        continued run logs them with its first flush (MLflow skips the ones it already has)."""
         run_id = self._start(run_id)
         if self.resumed:
             self._pending = [(dict(m), int(step), int(ts)) for m, step, ts in unlogged]
@@ -351,6 +351,8 @@ class MlflowTracker(Callback):
         if self._made is None or self._made[0] != info.rnd:
             metrics = {**info.metrics, "clients.participating": len(info.updates), "clients.dropped": len(info.dropped),
                        "clients.diverged": len(info.diverged)}
+            # Plain floats: the checkpoint that saves the row loads only plain values (weights_only).
+            metrics = {k: None if v is None else float(v) for k, v in metrics.items()}
             self._made = (info.rnd, (metrics, info.rnd, int(time.time() * 1000)))
         return self._made[1]
 
