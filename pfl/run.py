@@ -180,16 +180,15 @@ def _train(cfg: DictConfig, console, callbacks: Sequence[Callback]) -> Result:
     chash = cfgmod.config_hash(cfg)
     digest = fed.digest()
     ckpt_dir = Path(cfg.paths.checkpoint_dir) / chash
-    state, meta, path = None, {}, ckpt_dir / LAST
+    # unlogged: metrics of the last rounds that a killed run may not have logged to MLflow yet
+    state, meta, unlogged, path = None, {}, [], ckpt_dir / LAST
     if cfg.resume:
         path = path if cfg.resume is True else Path(str(cfg.resume))
         if cfg.resume is True and not path.exists():
             log.info("resume=true: no checkpoint for this config yet (%s); starting fresh", path)
         else:
-            state, meta = load_checkpoint(path, chash, digest)
+            state, meta, unlogged = load_checkpoint(path, chash, digest)
             log.info("resuming after round %d from %s", state.rnd, path)
-    # Metrics of the last rounds that a killed run may not have logged to MLflow yet.
-    unlogged = meta.pop("unlogged_metrics", [])
 
     observers, callbacks = list(callbacks), []
     backend = None

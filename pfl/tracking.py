@@ -320,9 +320,6 @@ class MlflowTracker(Callback):
 
         _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._log_rows([(metrics, step, int(time.time() * 1000))])
-
     def _log_rows(self, rows: Sequence[tuple[dict[str, float], int, int]]) -> None:
         """Each row's metrics at its step, stamped with the time the row was made."""
         from mlflow.entities import Metric

@@ -105,7 +105,9 @@ def _write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda fh: fh.write(data))
 
 
-def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[ServerState, dict[str, Any]]:
+def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[ServerState, dict[str, Any], list]:
+    """The saved state, the checkpoint's meta, and the metrics rows its run may not have logged
+    (handed to the resumed run's MLflow tracker)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -130,7 +132,5 @@ def load_checkpoint(path: Path, config_hash: str, fed_digest: str) -> tuple[Serv
         raise PflError(f"resume={str(path)!r}: checkpoint was trained on different data (partition digest "
                        "differs); resume needs the same data and partition")
     torch.set_rng_state(ckpt["torch_rng"])
-    meta = dict(ckpt.get("meta", {}))
-    if ckpt.get("unlogged_metrics"):  # handed to the resumed run's tracker (pfl.run), not saved again
-        meta["unlogged_metrics"] = ckpt["unlogged_metrics"]
-    return ServerState(ckpt["round"], ckpt["global"], ckpt["client_states"], ckpt.get("server_state", {})), meta
+    return (ServerState(ckpt["round"], ckpt["global"], ckpt["client_states"], ckpt.get("server_state", {})),
+            ckpt.get("meta", {}), ckpt.get("unlogged_metrics", []))
