@@ -174,3 +174,40 @@ def report_centralized(arms, split: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def report_curves(series: dict[tuple[str, str], dict[int, list[float]]], arms: list[str], path: Path,
+                  percent=lambda key: False, bars: dict[str, float] | None = None) -> None:
+    """One panel per metric: each arm's mean over seeds by round, the band its sample std; a
+    dashed line where `bars` gives the metric a reference value."""
+    keys = list(dict.fromkeys(k for _, k in series))
+    if not keys:
+        return
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):  # the grid may hold more panels than keys
+        scale = 100 if percent(key) else 1
+        for arm in arms:
+            points = series.get((arm, key))
+            if not points:
+                continue
+            steps = np.array(list(points))
+            stats = np.array([_mean_std(v) for v in points.values()]) * scale
+            line, = ax.plot(steps, stats[:, 0], marker="." if len(steps) < 30 else None, label=arm)
+            ax.fill_between(steps, stats[:, 0] - stats[:, 1], stats[:, 0] + stats[:, 1], alpha=0.2,
+                            color=line.get_color(), linewidth=0)
+        title = key + (" (%)" if scale == 100 else "")
+        if key in (bars or {}):
+            ax.axhline(bars[key] * scale, color="black", linestyle="--", linewidth=1)
+            title += f"; dashed: {bars[key] * scale:g}"
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle("mean over seeds; band: sample std over seeds", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

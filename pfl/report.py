@@ -1,6 +1,7 @@
 """`pfl-report`: a study's MLflow runs as comparison tables (Markdown, CSV) and charts (PNG).
 
     pfl-report [--experiment NAME] [--tracking-uri URI] [--out DIR] [--split test|val]
+               [--curves METRIC [METRIC ...]] [--bar METRIC=VALUE ...]
 
 Runs are grouped into arms: runs whose configs differ only in the seed (and in keys that do not
 change results: paths, logging, ...) form one arm, reported as mean ± sample std (ddof=1) over
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import io
 import math
 import os
@@ -287,6 +289,8 @@ class Table:
     csv_rows: list[list[object]]
     notes: list[str] = field(default_factory=list)
     text_columns: int = 1  # leading columns that hold names (left-aligned); the rest numbers
+    # Per (arm label, metric): {round: the seeds' values}, for a figure drawn from the table.
+    series: dict[tuple[str, str], dict[int, list[float]]] = field(default_factory=dict)
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
@@ -465,10 +469,85 @@ def runs_table(arms: Sequence[Arm], split: str) -> Table:
     return Table("runs", "Runs used", header, rows, header, csv_rows, text_columns=4)
 
 
+def _fraction(key: str) -> bool:
+    """Accuracy, F1, Se and +P are logged as fractions and shown in percent, like the tables."""
+    return re.search(r"\.(acc|f1|f1_\w+|se_\w+|ppv_\w+)(\.|$)", key) is not None
+
+
+def curve_keys(arms: Sequence[Arm], patterns: Sequence[str]) -> list[str]:
+    """The metric keys that the patterns (exact keys or shell-style wildcards) name, in the order
+    given; a pattern that names no logged metric is an error listing what was logged."""
+    logged = sorted({k for a in arms for r in a.runs for k in r.metrics})
+    keys: dict[str, None] = {}
+    for pattern in patterns:
+        found = [k for k in logged if fnmatch.fnmatchcase(k, pattern)]
+        if not found:
+            shown = [k for k in logged if not k.startswith("client.")]
+            raise PflError(f"--curves={pattern!r}: no run logged a metric of that name; the runs logged "
+                           + ", ".join(shown[:40]) + (", ..." if len(shown) > 40 else "")
+                           + " (and client.<id>.* per client; wildcards such as 'test.*.se_S.pooled' work)")
+        keys.update(dict.fromkeys(found))
+    return list(keys)
+
+
+def parse_bars(items: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
+    """`--bar test.personal.se_S.pooled=0.646`: a reference line on that metric's curve, in the
+    metric's logged units (fractions for accuracy, F1, Se and +P)."""
+    bars: dict[str, float] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise PflError(f"--bar={item!r}: expected METRIC=NUMBER, e.g. test.personal.se_S.pooled=0.646")
+        if key not in keys:
+            raise PflError(f"--bar={item!r}: {key!r} is not one of the curves drawn: "
+                           + (", ".join(keys) if keys else "none (give --curves)"))
+        bars[key] = number
+    return bars
+
+
+def curves_table(client, arms: Sequence[Arm], keys: Sequence[str]) -> Table:
+    """Learning curves: per arm, metric and logged round, mean ± sample std over the seeds whose
+    run logged the metric at that round (n says how many). A round logged twice (a resumed run)
+    counts with its latest value."""
+    data: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for arm in arms:
+        for key in keys:
+            per_step: dict[int, list[float]] = {}
+            for r in arm.runs:
+                latest: dict[int, tuple[int, float]] = {}
+                for m in client.get_metric_history(r.run_id, key):
+                    if m.step not in latest or m.timestamp >= latest[m.step][0]:
+                        latest[m.step] = (m.timestamp, m.value)
+                for step, (_, value) in latest.items():
+                    per_step.setdefault(step, []).append(value)
+            if per_step:
+                data[(arm.label, key)] = dict(sorted(per_step.items()))
+    header = ["strategy", "round", *(f"{k} (%)" if _fraction(k) else k for k in keys)]
+    rows, csv_rows = [], []
+    for arm in arms:
+        steps = sorted({s for k in keys for s in data.get((arm.label, k), {})})
+        for step in steps:
+            stats = [Stat.of(data.get((arm.label, k), {}).get(step, [])) for k in keys]
+            rows.append([arm.label, str(step), *(st.fmt(scale=100 if _fraction(k) else 1,
+                                                         digits=2 if _fraction(k) else 4)
+                                                  for st, k in zip(stats, keys, strict=True))])
+            csv_rows += [[arm.label, k, step, st.mean, st.std, st.n] for st, k in zip(stats, keys, strict=True)
+                         if st.n]
+    return Table("curves", "Learning curves: mean ± sample std over seeds at each logged round", header, rows,
+                 ["strategy", "metric", "round", "mean", "std", "seeds"], csv_rows,
+                 notes=["Rounds where a metric was not logged (`federation.eval_every`, `test_every`) show -."],
+                 text_columns=2, series=data)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
-def build(client, experiment_name: str | None, split: str = "test") -> tuple[object, list[Arm], list[Table], list[str]]:
+def build(client, experiment_name: str | None, split: str = "test", curves: Sequence[str] = ()
+          ) -> tuple[object, list[Arm], list[Table], list[str]]:
     exp = _experiment(client, experiment_name)
     runs, statuses = load_runs(client, exp)
     if not runs:
@@ -494,10 +573,13 @@ def build(client, experiment_name: str | None, split: str = "test") -> tuple[obj
     if cen is not None:
         tables.append(cen)
     tables.append(runs_table(arms, split))
+    if curves:
+        tables.append(curves_table(client, arms, curve_keys(arms, curves)))
     return exp, arms, tables, notes
 
 
-def write(out: Path, exp, arms: Sequence[Arm], tables: Sequence[Table], notes: Sequence[str], split: str) -> str:
+def write(out: Path, exp, arms: Sequence[Arm], tables: Sequence[Table], notes: Sequence[str], split: str,
+          bars: dict[str, float] | None = None) -> str:
     from pfl import plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -510,6 +592,10 @@ def write(out: Path, exp, arms: Sequence[Arm], tables: Sequence[Table], notes: S
         plots.report_clients(arms, split, metric, out / f"clients_{metric}.png")
     if any(t.name == "centralized_vs_fedavg" for t in tables):
         plots.report_centralized(arms, split, out / "centralized_vs_fedavg.png")
+    for t in tables:
+        if t.name == "curves":
+            plots.report_curves(t.series, [a.label for a in arms], out / "curves.png", percent=_fraction,
+                                bars=bars or {})
     return md
 
 
@@ -523,13 +609,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output directory; default: outputs/reports/<experiment>")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="which split's metrics to report (default: test)")
+    parser.add_argument("--curves", nargs="+", metavar="METRIC", default=(),
+                        help="learning curves of these metrics (keys as logged, shell wildcards allowed, e.g. "
+                        "val.personal.f1.mean 'test.personal.se_*.pooled'): curves.csv, curves.png and a table")
+    parser.add_argument("--bar", action="append", default=[], metavar="METRIC=VALUE",
+                        help="a dashed reference line on a curve (a published bar), in the metric's logged "
+                        "units, e.g. test.personal.se_S.pooled=0.646; repeatable")
     args = parser.parse_args(argv)
     try:
         client = _open(args.tracking_uri or default_tracking_uri())
-        exp, arms, tables, notes = build(client, args.experiment, args.split)
+        exp, arms, tables, notes = build(client, args.experiment, args.split, args.curves)
+        drawn = [k for t in tables if t.name == "curves" for k in dict.fromkeys(k for _, k in t.series)]
+        bars = parse_bars(args.bar, drawn)
         root = Path(os.environ.get("PFL_ROOT_DIR", "."))
         out = args.out or root / "outputs" / "reports" / re.sub(r"[^\w.-]+", "_", exp.name)
-        md = write(out, exp, arms, tables, notes, args.split)
+        md = write(out, exp, arms, tables, notes, args.split, bars)
     except PflError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

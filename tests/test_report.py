@@ -220,3 +220,53 @@ def test_arms_are_configs_that_differ_in_more_than_the_seed():
     patient = labels["FedAvg (partition=patient)"]
     assert patient.seeds == [0, 1] and patient.superseded == 1
     assert [r.start_time for r in patient.runs] == [0, 5]  # the latest run of seed 1 counts
+
+
+def test_curves_are_each_rounds_mean_and_sample_std_over_the_seeds_that_logged_it(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    client = open_client(uri)
+    exp = client.create_experiment("curves")
+    val = {("none", 0): [0.50, 0.60, 0.70], ("none", 1): [0.52, 0.64, 0.66],
+           ("finetune", 0): [0.40, 0.80, 0.90], ("finetune", 1): [0.44, 0.70, 0.86], ("finetune", 2): [0.42, None, 0.88]}
+    for (strategy, seed), values in val.items():
+        run_id = _log_run(client, exp, strategy=strategy, seed=seed, metrics={"test.personal.f1.mean": values[-1]})
+        rows = [Metric("val.personal.f1.mean", v, 100 + step, step) for step, v in enumerate(values, 1) if v is not None]
+        rows += [Metric("train_loss", 2.0 - step / 4 + seed / 100, 100 + step, step) for step in (1, 2, 3)]
+        if (strategy, seed) == ("none", 0):  # round 3 logged again later (a resumed run): the later value counts
+            rows += [Metric("val.personal.f1.mean", 0.74, 50, 3), Metric("val.personal.f1.mean", 0.72, 900, 3)]
+        client.log_batch(run_id, metrics=rows)
+    out = tmp_path / "rep"
+    assert main(["--experiment", "curves", "--tracking-uri", uri, "--out", str(out), "--curves", "val.*.f1.mean",
+                 "train_loss", "--bar", "val.personal.f1.mean=0.8"]) == 0
+    md = capsys.readouterr().out
+    got = {(r["strategy"], r["metric"], int(r["round"])): r for r in _rows(out / "curves.csv")}
+    expected = {("FedAvg", 3): [0.72, 0.66], ("FedAvg+FT", 1): [0.40, 0.44, 0.42], ("FedAvg+FT", 2): [0.80, 0.70],
+                ("FedAvg+FT", 3): [0.90, 0.86, 0.88], ("FedAvg", 1): [0.50, 0.52]}
+    for (label, step), values in expected.items():
+        row = got[(label, "val.personal.f1.mean", step)]
+        assert float(row["mean"]) == pytest.approx(statistics.mean(values))
+        assert float(row["std"]) == pytest.approx(statistics.stdev(values))
+        assert int(row["seeds"]) == len(values)
+    loss = got[("FedAvg+FT", "train_loss", 2)]
+    assert float(loss["mean"]) == pytest.approx(1.5 + 0.01) and float(loss["std"]) == pytest.approx(0.01)
+    assert len(got) == 2 * 3 + 3 * 2  # two metrics x three rounds x two arms; test.* was not asked for
+    # Fractions in percent, like the other tables; the loss in its own units.
+    assert "| FedAvg+FT | 2 | 75.00 ± 7.07 | 1.5100 ± 0.0100 |" in md
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--curves", "val.nosuch"], "--curves='val.nosuch': no run logged a metric of that name; the runs logged "),
+    (["--curves", "test.global.acc.mean", "--bar", "test.global.acc.mean=high"], "--bar='test.global.acc.mean=high': "
+     "expected METRIC=NUMBER"),
+    (["--curves", "test.global.acc.mean", "--bar", "test.global.f1.mean=0.8"], "--bar='test.global.f1.mean=0.8': "
+     "'test.global.f1.mean' is not one of the curves drawn: test.global.acc.mean"),
+    (["--bar", "test.global.f1.mean=0.8"], "is not one of the curves drawn: none (give --curves)"),
+])
+def test_bad_curves_are_one_clear_error_and_write_nothing(hand_store, tmp_path, capsys, args, message):
+    uri, _ = hand_store
+    out = tmp_path / "rep"
+    assert main(["--experiment", "tables", "--tracking-uri", uri, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
