@@ -157,3 +157,19 @@ def test_splice_gives_a_report_without_summary_or_runs_table_the_new_ones():
                    "| warm load of all beats | well under 2 s | 0.100 s | yes |\n\n"
                    "## 3. Scaling\n\nkept scaling\n\n## 4. Data\n\nnew data\n\n"
                    "## Sections run\n\n| section | when | seconds |\n|---|---|---:|\n| data | 2026-12-05 10:00 | 3 |\n")
+
+
+def test_overhead_at_length_adds_each_sides_fixed_cost_to_its_rounds():
+    # pfl: 1.30 s in all, 0.70 s of it in 2 rounds -> 0.60 s fixed, 0.35 s a round;
+    # plain: 0.84 s, 0.64 s in rounds -> 0.20 s fixed, 0.32 s a round.
+    r = {"rounds": 2, "pfl_total_median_s": 1.30, "pfl_rounds_median_s": 0.70, "plain_total_median_s": 0.84,
+         "plain_rounds_median_s": 0.64, "ratio_rounds": 0.70 / 0.64, "pfl_total_s": [1.3, 1.4],
+         "plain_total_s": [0.84, 0.7]}
+    assert bench.overhead_at_length(r, 2) == pytest.approx(1.30 / 0.84)
+    assert bench.overhead_at_length(r, 20) == pytest.approx((0.60 + 20 * 0.35) / (0.20 + 20 * 0.32))
+    text = bench._md_pairs_and_length(r)
+    assert "1.548-2.000x" in text and "+0.40s a run" in text and "above 1.05x at any length" in text
+    # A per-round ratio under the target: the first length at which the whole run is within it.
+    r.update(pfl_rounds_median_s=0.655, ratio_rounds=0.655 / 0.64)
+    n = next(k for k in range(1, 10_000) if (0.645 + k * 0.3275) / (0.20 + k * 0.32) <= 1.05)
+    assert f"a run of {n} rounds or more" in bench._md_pairs_and_length(r)
