@@ -186,6 +186,8 @@ def report_curves(series: dict[tuple[str, str], dict[int, list[float]]], arms: l
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # an arm keeps its colour in every panel
+    handles: dict[str, object] = {}
     for ax, key in zip(axes.flat, keys, strict=False):  # the grid may hold more panels than keys
         scale = 100 if percent(key) else 1
         for arm in arms:
@@ -194,7 +196,9 @@ def report_curves(series: dict[tuple[str, str], dict[int, list[float]]], arms: l
                 continue
             steps = np.array(list(points))
             stats = np.array([_mean_std(v) for v in points.values()]) * scale
-            line, = ax.plot(steps, stats[:, 0], marker="." if len(steps) < 30 else None, label=arm)
+            line, = ax.plot(steps, stats[:, 0], marker="." if len(steps) < 30 else None,
+                            color=colors[arms.index(arm) % len(colors)], label=arm)
+            handles.setdefault(arm, line)
             ax.fill_between(steps, stats[:, 0] - stats[:, 1], stats[:, 0] + stats[:, 1], alpha=0.2,
                             color=line.get_color(), linewidth=0)
         title = key + (" (%)" if scale == 100 else "")
@@ -206,8 +210,9 @@ def report_curves(series: dict[tuple[str, str], dict[int, list[float]]], arms: l
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(keys):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=6)
     fig.suptitle("mean over seeds; band: sample std over seeds", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * len(handles), 1, 1))
+    fig.legend([handles[a] for a in arms if a in handles], [a for a in arms if a in handles], loc="lower center",
+               fontsize=7, ncol=1, frameon=False)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -503,8 +503,13 @@ def parse_bars(items: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
         if not math.isfinite(number):
             raise PflError(f"--bar={item!r}: expected METRIC=NUMBER, e.g. test.personal.se_S.pooled=0.646")
         if key not in keys:
-            raise PflError(f"--bar={item!r}: {key!r} is not one of the curves drawn: "
-                           + (", ".join(keys) if keys else "none (give --curves)"))
+            raise PflError(f"--bar={item!r}: {key!r} is not one of the curves drawn (a key as logged, no "
+                           "wildcards): " + (", ".join(keys) if keys else "none (give --curves)"))
+        if key in bars:
+            raise PflError(f"--bar={item!r}: {key} already has a bar ({bars[key]:g}); give one per metric")
+        if _fraction(key) and not 0 <= number <= 1:
+            raise PflError(f"--bar={item!r}: {key} is logged as a fraction; expected a number in [0, 1] "
+                           f"(e.g. {number / 100:g} for {number:g}%)")
         bars[key] = number
     return bars
 
@@ -514,8 +519,8 @@ def curves_table(client, arms: Sequence[Arm], keys: Sequence[str]) -> Table:
     run logged the metric at that round (n says how many). A round logged twice (a resumed run)
     counts with its latest value."""
     data: dict[tuple[str, str], dict[int, list[float]]] = {}
-    for arm in arms:
-        for key in keys:
+    for key in keys:  # key-major: the figure's panels follow the order asked for
+        for arm in arms:
             per_step: dict[int, list[float]] = {}
             for r in arm.runs:
                 latest: dict[int, tuple[int, float]] = {}

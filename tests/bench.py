@@ -33,6 +33,7 @@ import contextlib
 import functools
 import io
 import json
+import math
 import os
 import platform
 import resource
@@ -1475,12 +1476,26 @@ def overhead_at_length(r: dict[str, Any], rounds: float) -> float:
             / (fixed("plain") + rounds * r["plain_rounds_median_s"] / n))
 
 
+def length_within(r: dict[str, Any], target: float) -> int | None:
+    """The fewest rounds at which `overhead_at_length` is within `target` (closed form of
+    fixed_pfl + k round_pfl <= target (fixed_plain + k round_plain)); None if no length is."""
+    n = r["rounds"]
+    fp, fq = (r[f"{s}_total_median_s"] - r[f"{s}_rounds_median_s"] for s in ("pfl", "plain"))
+    rp, rq = r["pfl_rounds_median_s"] / n, r["plain_rounds_median_s"] / n
+    if fp <= target * fq and rp <= target * rq:
+        return 1
+    if rp >= target * rq:
+        return None
+    return max(1, math.ceil((fp - target * fq) / (target * rq - rp)))
+
+
 def _md_pairs_and_length(r: dict[str, Any]) -> str:
     """The spread of the per-repeat ratios, and the run length at which the whole-run target
     would hold, given the fixed costs and the per-round ratio measured here."""
     parts = []
     pairs = [p / q for p, q in zip(r["pfl_total_s"], r["plain_total_s"], strict=True)]
     parts.append(f"whole-run ratio per interleaved repeat {min(pairs):.3f}-{max(pairs):.3f}x")
+    rp = None
     if "pfl_rounds_s" in r:
         rp = [p / q for p, q in zip(r["pfl_rounds_s"], r["plain_rounds_s"], strict=True)]
         parts.append(f"rounds-only {min(rp):.3f}-{max(rp):.3f}x")
@@ -1489,12 +1504,16 @@ def _md_pairs_and_length(r: dict[str, Any]) -> str:
                                                                        - r["plain_rounds_median_s"])
     text = "; ".join(parts) + (f". pfl's fixed cost over the plain loop's (setup and end of run) is {fixed:+.2f}s "
                                f"a run, against {r['plain_rounds_median_s'] / n:.2f}s for a plain round")
-    if r["ratio_rounds"] < target:
-        length = next((k for k in range(1, 100_000) if overhead_at_length(r, k) <= target), None)
-        text += (f": at these per-round costs a run of {length} rounds or more would be within {target:.2f}x "
-                 f"(at 20 rounds {overhead_at_length(r, 20):.3f}x)" if length else "")
+    length = length_within(r, target)
+    if length is None:
+        text += (f": the median per-round ratio alone ({r['ratio_rounds']:.3f}x) is not below {target:.2f}x, so "
+                 "no run length brings the whole run within it")
     else:
-        text += f": the per-round ratio alone ({r['ratio_rounds']:.3f}x) is above {target:.2f}x at any length"
+        text += (f": at the median per-round costs a run of {length} rounds or more would be within {target:.2f}x "
+                 f"(at 20 rounds {overhead_at_length(r, 20):.3f}x)")
+    if rp is not None and min(rp) < target <= max(rp):
+        text += (f"; the repeats' rounds-only ratios straddle {target:.2f}x, so that length is not established "
+                 "on this machine")
     return text + "."
 
 

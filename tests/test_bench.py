@@ -168,8 +168,17 @@ def test_overhead_at_length_adds_each_sides_fixed_cost_to_its_rounds():
     assert bench.overhead_at_length(r, 2) == pytest.approx(1.30 / 0.84)
     assert bench.overhead_at_length(r, 20) == pytest.approx((0.60 + 20 * 0.35) / (0.20 + 20 * 0.32))
     text = bench._md_pairs_and_length(r)
-    assert "1.548-2.000x" in text and "+0.40s a run" in text and "above 1.05x at any length" in text
+    assert "1.548-2.000x" in text and "+0.40s a run" in text and "no run length brings the whole run" in text
+    assert bench.length_within(r, 1.05) is None
     # A per-round ratio under the target: the first length at which the whole run is within it.
     r.update(pfl_rounds_median_s=0.655, ratio_rounds=0.655 / 0.64)
     n = next(k for k in range(1, 10_000) if (0.645 + k * 0.3275) / (0.20 + k * 0.32) <= 1.05)
+    assert bench.length_within(r, 1.05) == n
     assert f"a run of {n} rounds or more" in bench._md_pairs_and_length(r)
+    assert "not established" not in bench._md_pairs_and_length(r)
+    # Repeats on both sides of the target: the length is reported as not established.
+    r.update(pfl_rounds_s=[0.64, 0.70], plain_rounds_s=[0.64, 0.64])
+    assert "straddle 1.05x, so that length is not established" in bench._md_pairs_and_length(r)
+    # Fixed costs and rounds both within the target: one round suffices.
+    r.update(pfl_total_median_s=0.85, pfl_rounds_median_s=0.65)
+    assert bench.length_within(r, 1.05) == 1

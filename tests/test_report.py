@@ -260,8 +260,13 @@ def test_curves_are_each_rounds_mean_and_sample_std_over_the_seeds_that_logged_i
     (["--curves", "test.global.acc.mean", "--bar", "test.global.acc.mean=high"], "--bar='test.global.acc.mean=high': "
      "expected METRIC=NUMBER"),
     (["--curves", "test.global.acc.mean", "--bar", "test.global.f1.mean=0.8"], "--bar='test.global.f1.mean=0.8': "
-     "'test.global.f1.mean' is not one of the curves drawn: test.global.acc.mean"),
-    (["--bar", "test.global.f1.mean=0.8"], "is not one of the curves drawn: none (give --curves)"),
+     "'test.global.f1.mean' is not one of the curves drawn (a key as logged, no wildcards): test.global.acc.mean"),
+    (["--bar", "test.global.f1.mean=0.8"], "is not one of the curves drawn (a key as logged, no wildcards): none "
+     "(give --curves)"),
+    (["--curves", "test.global.f1.mean", "--bar", "test.global.f1.mean=0.8", "--bar", "test.global.f1.mean=0.7"],
+     "--bar='test.global.f1.mean=0.7': test.global.f1.mean already has a bar (0.8); give one per metric"),
+    (["--curves", "test.global.f1.mean", "--bar", "test.global.f1.mean=64.6"], "--bar='test.global.f1.mean=64.6': "
+     "test.global.f1.mean is logged as a fraction; expected a number in [0, 1] (e.g. 0.646 for 64.6%)"),
 ])
 def test_bad_curves_are_one_clear_error_and_write_nothing(hand_store, tmp_path, capsys, args, message):
     uri, _ = hand_store
