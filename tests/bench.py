@@ -1467,21 +1467,23 @@ def _md_overhead(o: dict[str, Any]) -> list[str]:
     return out
 
 
+def _costs(r: dict[str, Any], side: str) -> tuple[float, float]:
+    """One side's (pfl or plain) fixed cost a run (its total less its rounds) and its median
+    round, from the measured medians."""
+    return (r[f"{side}_total_median_s"] - r[f"{side}_rounds_median_s"],
+            r[f"{side}_rounds_median_s"] / r["rounds"])
+
+
 def overhead_at_length(r: dict[str, Any], rounds: float) -> float:
-    """The whole-run ratio a run of `rounds` rounds would have: each side's fixed cost (its total
-    less its rounds) plus `rounds` of its median round, from the measured medians."""
-    n = r["rounds"]
-    fixed = lambda side: r[f"{side}_total_median_s"] - r[f"{side}_rounds_median_s"]  # noqa: E731
-    return ((fixed("pfl") + rounds * r["pfl_rounds_median_s"] / n)
-            / (fixed("plain") + rounds * r["plain_rounds_median_s"] / n))
+    """The whole-run ratio a run of `rounds` rounds would have."""
+    (fp, rp), (fq, rq) = _costs(r, "pfl"), _costs(r, "plain")
+    return (fp + rounds * rp) / (fq + rounds * rq)
 
 
 def length_within(r: dict[str, Any], target: float) -> int | None:
     """The fewest rounds at which `overhead_at_length` is within `target` (closed form of
     fixed_pfl + k round_pfl <= target (fixed_plain + k round_plain)); None if no length is."""
-    n = r["rounds"]
-    fp, fq = (r[f"{s}_total_median_s"] - r[f"{s}_rounds_median_s"] for s in ("pfl", "plain"))
-    rp, rq = r["pfl_rounds_median_s"] / n, r["plain_rounds_median_s"] / n
+    (fp, rp), (fq, rq) = _costs(r, "pfl"), _costs(r, "plain")
     if fp <= target * fq and rp <= target * rq:
         return 1
     if rp >= target * rq:
@@ -1495,15 +1497,14 @@ def _md_pairs_and_length(r: dict[str, Any]) -> str:
     parts = []
     pairs = [p / q for p, q in zip(r["pfl_total_s"], r["plain_total_s"], strict=True)]
     parts.append(f"whole-run ratio per interleaved repeat {min(pairs):.3f}-{max(pairs):.3f}x")
-    rp = None
+    repeats = None
     if "pfl_rounds_s" in r:
-        rp = [p / q for p, q in zip(r["pfl_rounds_s"], r["plain_rounds_s"], strict=True)]
-        parts.append(f"rounds-only {min(rp):.3f}-{max(rp):.3f}x")
-    n, target = r["rounds"], OVERHEAD_TARGETS["ratio_total"]
-    fixed = (r["pfl_total_median_s"] - r["pfl_rounds_median_s"]) - (r["plain_total_median_s"]
-                                                                       - r["plain_rounds_median_s"])
-    text = "; ".join(parts) + (f". pfl's fixed cost over the plain loop's (setup and end of run) is {fixed:+.2f}s "
-                               f"a run, against {r['plain_rounds_median_s'] / n:.2f}s for a plain round")
+        repeats = [p / q for p, q in zip(r["pfl_rounds_s"], r["plain_rounds_s"], strict=True)]
+        parts.append(f"rounds-only {min(repeats):.3f}-{max(repeats):.3f}x")
+    target = OVERHEAD_TARGETS["ratio_total"]
+    (fp, _), (fq, rq) = _costs(r, "pfl"), _costs(r, "plain")
+    text = "; ".join(parts) + (f". pfl's fixed cost over the plain loop's (setup and end of run) is {fp - fq:+.2f}s "
+                               f"a run, against {rq:.2f}s for a plain round")
     length = length_within(r, target)
     if length is None:
         text += (f": the median per-round ratio alone ({r['ratio_rounds']:.3f}x) is not below {target:.2f}x, so "
@@ -1511,7 +1512,7 @@ def _md_pairs_and_length(r: dict[str, Any]) -> str:
     else:
         text += (f": at the median per-round costs a run of {length} rounds or more would be within {target:.2f}x "
                  f"(at 20 rounds {overhead_at_length(r, 20):.3f}x)")
-    if rp is not None and min(rp) < target <= max(rp):
+    if repeats is not None and min(repeats) < target <= max(repeats):
         text += (f"; the repeats' rounds-only ratios straddle {target:.2f}x, so that length is not established "
                  "on this machine")
     return text + "."
